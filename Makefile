@@ -1,0 +1,36 @@
+# One-command set-up, tests and demo. Everything lives in .venv; nothing is installed system-wide
+# except cmake/g++ (Debian) when missing, needed to build the ROS interfaces on a machine without ROS.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.gst_setup_done
+SHELL  := /bin/bash
+
+.PHONY: setup test test-fast demo conformance bench export train-default clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-ros.txt scripts/setup_ros.sh scripts/setup_system.sh CMakeLists.txt package.xml $(wildcard msg/*.msg srv/*.srv)
+	bash scripts/setup_system.sh
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	bash scripts/setup_ros.sh $(VENV)
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+conformance: setup
+	$(PY) -m gst_model.conformance ../shared/reference/official_golden.npz
+
+demo: setup
+	$(PY) -m gst_ros.demo --out demo_output
+
+bench: setup
+	$(PY) -m gst_model.bench --out bench/results.md
+
+clean:
+	rm -rf build demo_output .pytest_cache

@@ -1,0 +1,171 @@
+"""GSTPipeline: the one entry point the ROS nodes, the demo, the evaluation and the benchmarks call.
+
+    pipe = GSTPipeline.from_pretrained()                      # the shipped default model
+    est = pipe.estimate_pose(image_a, image_b, num_samples=8)  # where is camera b, seen from a?
+    views = pipe.predict_view(image, c2w_rel)                  # what would a camera at c2w_rel see?
+    cams = pipe.sample_cameras(image, num_samples=8)           # plausible next cameras
+
+Frames: every pose is camera-to-world in the observation's optical frame (OpenCV / REP-103 optical:
+x right, y down, z forward); the observation camera is the identity. Translation units are those the
+model was trained in (see the checkpoint's metadata: monocular scale is set by training normalisation).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gst_model import geometry
+from gst_model.checkpoint import BUNDLE_PRESETS, DEFAULT_MODEL_DIR, ModelBundle, build_bundle, load_bundle
+from gst_model.image import to_model_input, to_uint8, validate_image
+from gst_model.pose_samples import summarize
+from gst_model.runtime import SamplingParams, make_runtime
+from gst_model.vocab import Task
+
+# Generous bound: each sample is one autoregressive sequence in the batch.
+MAX_SAMPLES = 256
+
+
+@dataclass
+class PoseEstimate:
+    c2w: np.ndarray  # (4,4) consensus pose of camera b in camera a's optical frame
+    samples: np.ndarray  # (N,4,4) every sampled pose
+    covariance: np.ndarray  # (6,6) x,y,z,rx,ry,rz (ROS PoseWithCovariance order)
+    consistency: float  # fraction of samples agreeing with the consensus (within inlier_deg)
+    rotation_spread_deg: float  # RMS rotation of agreeing samples around the consensus
+    residual: float  # mean ray-fit residual of the decoded camera maps (lower = cleaner rays)
+    sample_residuals: np.ndarray = field(repr=False, default=None)  # (N,)
+    intrinsics: np.ndarray = field(repr=False, default=None)  # (N,3,3) at the model's ray-map size
+
+
+class GSTPipeline:
+    def __init__(self, bundle: ModelBundle, backend: str = "torch", device: str = "cpu",
+                 estimate_intrinsics: bool | None = None, inlier_deg: float = 15.0, **runtime_options):
+        self.bundle = bundle.eval()
+        self.view = bundle.view
+        self.vocab = bundle.vocab
+        self.device = torch.device(device)
+        self.backend = backend
+        self.runtime = make_runtime(bundle, backend=backend, device=device, **runtime_options)
+        self.estimate_intrinsics = (bool(bundle.metadata.get("estimate_intrinsics", False))
+                                    if estimate_intrinsics is None else estimate_intrinsics)
+        self.inlier_deg = inlier_deg
+
+    @classmethod
+    def from_pretrained(cls, path_or_preset: str | Path | None = None, backend: str = "torch",
+                        device: str = "cpu", **options) -> "GSTPipeline":
+        """A checkpoint directory, a preset name (random weights, for tests), or None = shipped model."""
+        if path_or_preset is None:
+            path_or_preset = DEFAULT_MODEL_DIR
+        if isinstance(path_or_preset, str) and path_or_preset in BUNDLE_PRESETS:
+            torch.manual_seed(0)  # a preset model is the same random model every time
+            bundle = build_bundle(path_or_preset)
+        else:
+            bundle = load_bundle(path_or_preset, device=device)
+        return cls(bundle, backend=backend, device=device, **options)
+
+    # ----------------------------------------------------------------------------------- inputs
+    def _check_samples(self, num_samples: int) -> int:
+        if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)):
+            raise ValueError(f"num_samples must be an integer, got {num_samples!r}")
+        if not 1 <= num_samples <= MAX_SAMPLES:
+            raise ValueError(f"num_samples must be in [1, {MAX_SAMPLES}], got {num_samples}")
+        return int(num_samples)
+
+    def _generator(self, seed: int | None) -> torch.Generator:
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(int(seed) if seed is not None else int(torch.seed()))
+        return gen
+
+    def _image_codes(self, images: list[np.ndarray]) -> torch.Tensor:
+        return self.runtime.encode_images(to_model_input(images, self.view.image_size))
+
+    def _sampling(self, temperature, top_k, top_p, cfg_scale, greedy) -> SamplingParams:
+        return SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale,
+                              greedy=greedy).validated()
+
+    def default_intrinsics(self) -> np.ndarray:
+        """K of the model's square output image for the checkpoint's default field of view."""
+        return geometry.intrinsics_from_fov(self.view.fovy_deg, self.view.image_size,
+                                            self.view.image_size).numpy()
+
+    # ------------------------------------------------------------------------------ cameras
+    def _decode_cameras(self, camera_tokens: torch.Tensor):
+        codes = camera_tokens - self.vocab.camera_offset
+        rays = self.runtime.decode_rays(codes.clamp(0, self.vocab.camera_codes - 1)).double().cpu()
+        fit = geometry.cameras_from_plucker(rays, fovy_deg=self.view.fovy_deg,
+                                            estimate_intrinsics=self.estimate_intrinsics, robust=True)
+        return fit
+
+    def _camera_codes(self, c2w: np.ndarray, K: np.ndarray | None) -> torch.Tensor:
+        K_img = self.default_intrinsics() if K is None else np.asarray(K, dtype=np.float64)
+        if K_img.shape != (3, 3) or not np.all(np.isfinite(K_img)) or K_img[0, 0] <= 0 or K_img[1, 1] <= 0:
+            raise ValueError(f"K must be a finite 3x3 pinhole matrix with positive focal lengths, got {K_img}")
+        K_ray = K_img.copy()
+        K_ray[:2] *= self.view.ray_size / self.view.image_size
+        rays = geometry.plucker_rays_from_intrinsics(torch.as_tensor(c2w, dtype=torch.float64)[None],
+                                                     torch.as_tensor(K_ray), self.view.ray_size,
+                                                     self.view.ray_size)
+        return self.runtime.encode_rays(rays.float()) + self.vocab.camera_offset
+
+    # ------------------------------------------------------------------------------ public API
+    def estimate_pose(self, image_a: np.ndarray, image_b: np.ndarray, num_samples: int = 8,
+                      seed: int | None = 0, temperature: float = 1.0, top_k: int | None = 100,
+                      top_p: float = 1.0, cfg_scale: float = 1.0, greedy: bool = False) -> PoseEstimate:
+        """Pose of camera b in camera a's optical frame, from N sampled camera-token sequences.
+
+        Layout (our choice; the release has none): [image a][<EST>][image b] -> 256 camera tokens.
+        """
+        validate_image(image_a, "image_a")
+        validate_image(image_b, "image_b")
+        n = self._check_samples(num_samples)
+        sampling = self._sampling(temperature, top_k, top_p, cfg_scale, greedy)
+        codes = self._image_codes([image_a, image_b])
+        task = torch.full((1, 1), self.vocab.task_token(Task.POSE), dtype=torch.long, device=codes.device)
+        prompt = torch.cat([codes[:1], task, codes[1:]], dim=1).expand(n, -1)
+        T = self.vocab.tokens_per_view
+        cams = self.runtime.generate(prompt, T, sampling, [(T, self.vocab.camera_range())], self._generator(seed))
+        fit = self._decode_cameras(cams)
+        samples = fit.c2w.numpy()
+        summary = summarize(samples, inlier_deg=self.inlier_deg)
+        return PoseEstimate(c2w=summary.c2w, samples=samples, covariance=summary.covariance,
+                            consistency=summary.consistency, rotation_spread_deg=summary.rotation_spread_deg,
+                            residual=float(fit.residual.mean()), sample_residuals=fit.residual.numpy(),
+                            intrinsics=fit.K.numpy())
+
+    def predict_view(self, image: np.ndarray, c2w_rel: np.ndarray, num_samples: int = 1, seed: int | None = 0,
+                     K: np.ndarray | None = None, temperature: float = 1.0, top_k: int | None = 100,
+                     top_p: float = 1.0, cfg_scale: float = 1.0, greedy: bool = False) -> list[np.ndarray]:
+        """Images a camera at `c2w_rel` (in the observation's optical frame) would see.
+
+        `K`: intrinsics of the wanted view in pixels of the model's square output (default: the
+        checkpoint's field of view). Returns `num_samples` HxWx3 uint8 images of the model's size.
+        Layout (official): [observation][<GEN>][camera tokens] -> 256 image tokens.
+        """
+        validate_image(image, "image")
+        c2w = np.asarray(c2w_rel, dtype=np.float64)
+        geometry.validate_rigid(torch.as_tensor(c2w))
+        n = self._check_samples(num_samples)
+        sampling = self._sampling(temperature, top_k, top_p, cfg_scale, greedy)
+        obs = self._image_codes([image])
+        task = torch.full((1, 1), self.vocab.task_token(Task.VIEW), dtype=torch.long, device=obs.device)
+        prompt = torch.cat([obs, task, self._camera_codes(c2w, K).to(obs.device)], dim=1).expand(n, -1)
+        T = self.vocab.tokens_per_view
+        tokens = self.runtime.generate(prompt, T, sampling, [(T, self.vocab.image_range())], self._generator(seed))
+        return to_uint8(self.runtime.decode_images(tokens.clamp(0, self.vocab.image_codes - 1)))
+
+    def sample_cameras(self, image: np.ndarray, num_samples: int = 8, seed: int | None = 0,
+                       temperature: float = 1.0, top_k: int | None = 100, top_p: float = 1.0,
+                       cfg_scale: float = 1.0) -> np.ndarray:
+        """(N,4,4) cameras the model finds plausible as a next view: [observation][<GEN>] -> camera."""
+        validate_image(image, "image")
+        n = self._check_samples(num_samples)
+        sampling = self._sampling(temperature, top_k, top_p, cfg_scale, False)
+        obs = self._image_codes([image])
+        task = torch.full((1, 1), self.vocab.task_token(Task.VIEW), dtype=torch.long, device=obs.device)
+        prompt = torch.cat([obs, task], dim=1).expand(n, -1)
+        T = self.vocab.tokens_per_view
+        cams = self.runtime.generate(prompt, T, sampling, [(T, self.vocab.camera_range())], self._generator(seed))
+        return self._decode_cameras(cams).c2w.numpy()

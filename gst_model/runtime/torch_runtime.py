@@ -1,0 +1,42 @@
+"""The reference back-end: eager PyTorch with a preallocated KV cache."""
+from __future__ import annotations
+
+import torch
+
+from gst_model.generate import generate
+from gst_model.runtime import SamplingParams
+
+
+class TorchRuntime:
+    def __init__(self, bundle, device: str = "cpu", dtype: torch.dtype | None = None, compile: bool = False):
+        self.device = torch.device(device)
+        self.transformer = bundle.transformer.to(self.device).eval()
+        if dtype is not None:
+            self.transformer = self.transformer.to(dtype)
+        self.image_tokenizer = bundle.image_tokenizer.to(self.device).eval()
+        self.camera_tokenizer = bundle.camera_tokenizer.to(self.device).eval()
+        if compile:
+            # Only the per-token step is worth compiling; generation keeps its Python loop.
+            self.transformer.forward = torch.compile(self.transformer.forward, dynamic=False)
+
+    @torch.inference_mode()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return self.image_tokenizer.encode_indices(images.to(self.device))
+
+    @torch.inference_mode()
+    def decode_images(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.image_tokenizer.decode_indices(codes.to(self.device)).float()
+
+    @torch.inference_mode()
+    def encode_rays(self, rays: torch.Tensor) -> torch.Tensor:
+        return self.camera_tokenizer.encode_indices(rays.to(self.device, torch.float32))
+
+    @torch.inference_mode()
+    def decode_rays(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.camera_tokenizer.decode_indices(codes.to(self.device)).float()
+
+    def generate(self, prompt, num_new_tokens, sampling: SamplingParams, segment_ranges, generator):
+        return generate(self.transformer, prompt.to(self.device), num_new_tokens,
+                        cfg_scale=sampling.cfg_scale, temperature=sampling.temperature,
+                        top_k=sampling.top_k, top_p=sampling.top_p, greedy=sampling.greedy,
+                        generator=generator, segment_ranges=segment_ranges)
