@@ -1,0 +1,1 @@
+"""Training, data preparation and evaluation scripts for GST (run as `python -m training.<script>`)."""

@@ -1,0 +1,200 @@
+"""Train the GST transformer on pre-tokenised pairs (see training.tokenize_dataset).
+
+Each training pair (observation o, target view with image i and relative camera c) becomes one or
+both sequences, each 3T+1 tokens:
+    view generation  [o][<GEN>][c][i]   learns p(c | o) and p(i | o, c)     (official layout)
+    pose estimation  [o][<EST>][i][c]   learns p(i | o) and p(c | o, i)     (the paper's other factorisation)
+The loss is next-token cross-entropy on every token after the observation. With probability
+`cond_dropout` the conditioning prefix is replaced by zeros, which is exactly the unconditional prompt
+classifier-free guidance uses at inference.
+
+    python -m training.train_gst --config training/configs/gst_small.yaml [key=value ...]
+    torchrun --nproc_per_node 2 -m training.train_gst --config ...     # DDP (gloo on CPU)
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from gst_model.transformer import GSTConfig, Transformer
+from gst_model.vocab import Task, Vocabulary
+from training.common import (EMA, CsvLog, OptimConfig, all_reduce_mean, autocast_context, cleanup_distributed,
+                             config_to_dict, load_config, load_training_state, lr_at, pick_device,
+                             plot_curves, save_training_state, seed_everything, setup_distributed,
+                             setup_logging, unwrap)
+from training.pair_tokens import PairTokens
+
+log = logging.getLogger("gst.train_gst")
+
+
+@dataclass
+class GSTTrainConfig:
+    tokens: str = "runs/tokens"  # directory written by training.tokenize_dataset
+    out: str = "runs/gst"
+    preset: str = "small"
+    model_overrides: dict = field(default_factory=dict)  # e.g. {n_layer: 4}
+    objective: str = "joint"  # joint: both layouts in every batch; alternating: one layout per step
+    pose_fraction: float = 0.5  # share of pose-estimation sequences in a joint batch
+    cond_dropout: float = 0.05
+    batch_size: int = 32  # sequences per micro-batch per process
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema_decay: float = 0.0  # 0 disables EMA
+    eval_every: int = 200
+    eval_batches: int = 8
+    save_every: int = 500
+    log_every: int = 20
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = True  # continue from `out` if it holds a training state
+    threads: int = 0  # torch intra-op threads on CPU (0 = torch default)
+
+
+def build_sequences(tokens: PairTokens, pair_idx: np.ndarray, tasks: np.ndarray, vocab: Vocabulary,
+                    cond_dropout: float, rng: np.random.Generator) -> torch.Tensor:
+    """[B, 3T+1] sequences for the given pairs, each in the layout of its task."""
+    obs = tokens.image_codes[tokens.pairs[pair_idx, 0]]
+    target = tokens.image_codes[tokens.pairs[pair_idx, 1]]
+    camera = tokens.camera_codes[pair_idx] + vocab.camera_offset
+    is_pose = tasks == 1
+    task_tok = np.where(is_pose, vocab.est_token, vocab.gen_token)[:, None]
+    second = np.where(is_pose[:, None], target, camera)
+    third = np.where(is_pose[:, None], camera, target)
+    seq = np.concatenate([obs, task_tok, second, third], axis=1).astype(np.int64)
+    # Guidance dropout: the unconditional prompt is all zeros up to where generation starts.
+    drop = rng.random(len(seq)) < cond_dropout
+    seq[drop, : vocab.tokens_per_view + 1] = 0
+    return torch.from_numpy(seq)
+
+
+def sequence_loss(model: torch.nn.Module, seq: torch.Tensor, tokens_per_view: int) -> torch.Tensor:
+    """Mean next-token cross-entropy over every token after the observation and task token."""
+    logits = model(seq[:, :-1])
+    targets = seq[:, 1:]
+    first = tokens_per_view  # logits at the task-token slot predict the first generated token
+    return F.cross_entropy(logits[:, first:].reshape(-1, logits.size(-1)).float(),
+                           targets[:, first:].reshape(-1))
+
+
+def sample_tasks(cfg: GSTTrainConfig, step: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    if cfg.objective == "alternating":
+        return np.full(n, step % 2)
+    if cfg.objective == "joint":
+        return (rng.random(n) < cfg.pose_fraction).astype(np.int64)
+    raise ValueError(f"objective must be joint or alternating, got {cfg.objective!r}")
+
+
+@torch.no_grad()
+def evaluate(model, tokens: PairTokens, vocab: Vocabulary, cfg: GSTTrainConfig, device) -> dict[str, float]:
+    """Validation loss per layout on a fixed set of pairs (same pairs every time)."""
+    model.eval()
+    rng = np.random.default_rng(1234)
+    out = {}
+    for task in (Task.VIEW, Task.POSE):
+        losses = []
+        for _ in range(cfg.eval_batches):
+            idx = rng.integers(0, len(tokens.pairs), cfg.batch_size)
+            tasks = np.full(len(idx), 1 if task is Task.POSE else 0)
+            seq = build_sequences(tokens, idx, tasks, vocab, 0.0, rng).to(device)
+            losses.append(sequence_loss(model, seq, vocab.tokens_per_view).item())
+        out[f"val_{task.value}"] = float(np.mean(losses))
+    model.train()
+    return out
+
+
+def main(cfg: GSTTrainConfig) -> Path:
+    dist_info = setup_distributed()
+    setup_logging(dist_info.is_main)
+    device = pick_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed + dist_info.rank)
+    train = PairTokens.load(Path(cfg.tokens), "train")
+    val = PairTokens.load(Path(cfg.tokens), "val")
+    vocab = train.vocab
+    model_cfg = GSTConfig.from_preset(cfg.preset, vocab_size=vocab.size, grid_size=train.grid_size,
+                                      **cfg.model_overrides)
+    model = Transformer(model_cfg).to(device)
+    optimizer = model.configure_optimizers(cfg.optim.weight_decay, cfg.optim.lr, cfg.optim.betas)
+    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    out = Path(cfg.out)
+    start = 0
+    if cfg.resume and (out / "last" / "trainer_state.pt").exists():
+        start, _ = load_training_state(out / "last", {"transformer": model}, optimizer)
+        if ema is not None and (out / "last" / "transformer.ema.safetensors").exists():
+            from safetensors.torch import load_file
+            ema.shadow = {k: v.float() for k, v in load_file(str(out / "last" / "transformer.ema.safetensors")).items()}
+        log.info("resumed from %s at step %d", out / "last", start)
+    ddp_model = DDP(model) if dist_info.world_size > 1 else model
+    csv = CsvLog(out / "train_log.csv", ["loss", "grad_norm", "lr", "val_view", "val_pose"]) if dist_info.is_main else None
+    # Per-step generator: a resumed run draws exactly the batches the uninterrupted run would have.
+    log.info("model %s: %.2fM parameters; %d train pairs, %d val pairs", cfg.preset,
+             model.num_parameters() / 1e6, len(train.pairs), len(val.pairs))
+    bar = tqdm(range(start, cfg.optim.max_steps), initial=start, total=cfg.optim.max_steps,
+               disable=not dist_info.is_main, desc="gst")
+    t0 = time.time()
+    for step in bar:
+        lr = lr_at(step, cfg.optim)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        total = 0.0
+        for micro in range(cfg.optim.grad_accum):
+            rng = np.random.default_rng([cfg.seed, dist_info.rank, step, micro])
+            idx = rng.integers(0, len(train.pairs), cfg.batch_size)
+            seq = build_sequences(train, idx, sample_tasks(cfg, step, len(idx), rng), vocab,
+                                  cfg.cond_dropout, rng).to(device)
+            with autocast_context(device):
+                loss = sequence_loss(ddp_model, seq, vocab.tokens_per_view) / cfg.optim.grad_accum
+            loss.backward()
+            total += loss.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update(model)
+        done = step + 1
+        mean_loss = all_reduce_mean(torch.tensor(total)).item()
+        if dist_info.is_main:
+            bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}")
+            metrics = {}
+            if done % cfg.eval_every == 0 or done == cfg.optim.max_steps:
+                metrics = evaluate(model, val, vocab, cfg, device)
+                log.info("step %d loss %.4f val %s (%.0f s)", done, mean_loss, metrics, time.time() - t0)
+            if done % cfg.log_every == 0 or metrics:
+                csv.write(done, loss=mean_loss, grad_norm=float(grad_norm), lr=lr, **metrics)
+            if done % cfg.save_every == 0 or done == cfg.optim.max_steps:
+                save_training_state(out / "last", {"transformer": model}, optimizer, done, config_to_dict(cfg),
+                                    ema={"transformer": _ema_module(model, ema)} if ema else None)
+    if dist_info.is_main:
+        plot_curves(csv, out / "train_curves.png", f"GST {cfg.preset} ({cfg.objective})")
+    cleanup_distributed()
+    return out / "last"
+
+
+def _ema_module(model: Transformer, ema: EMA) -> Transformer:
+    shadow = Transformer(model.config)
+    shadow.load_state_dict(unwrap(model).state_dict())
+    ema.copy_to(shadow)
+    return shadow
+
+
+def cli(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML config (fields of GSTTrainConfig)")
+    parser.add_argument("--objective", choices=["joint", "alternating"], help="overrides the config")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.max_steps=100")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides) + ([f"objective={args.objective}"] if args.objective else [])
+    main(load_config(GSTTrainConfig, args.config, overrides))
+
+
+if __name__ == "__main__":
+    cli()
