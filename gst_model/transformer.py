@@ -1,0 +1,324 @@
+"""GST's decoder-only transformer over the joint image + camera vocabulary.
+
+LlamaGen/gpt-fast lineage: pre-norm blocks (RMSNorm -> attention with QK-LayerNorm and 2-D RoPE,
+RMSNorm -> SwiGLU), no biases, untied output head. Parameter names and shapes equal the official
+checkpoint, so `load_state_dict(official["model"], strict=True)` works for the GPT-XXL preset.
+
+Unlike the official module, `forward` has no hidden state: positions come from the caller, the KV
+cache is used only when asked for, and train/eval only switches dropout.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gst_model.vocab import Vocabulary
+
+
+def find_multiple(n: int, k: int) -> int:
+    return n if n % k == 0 else n + k - n % k
+
+
+@dataclass
+class GSTConfig:
+    dim: int = 1536
+    n_layer: int = 48
+    n_head: int = 24
+    vocab_size: int = field(default_factory=lambda: Vocabulary().size)
+    grid_size: int = 16  # a segment (image or camera) is grid_size x grid_size tokens
+    special_token_num: int = 1  # RoPE rows for the <GEN>/<EST> slot
+    num_segments: int = 3  # observation, camera, target image
+    qk_norm: bool = True
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    norm_eps: float = 1e-5
+    rope_base: float = 10000.0
+    token_dropout_p: float = 0.1
+    attn_dropout_p: float = 0.0
+    resid_dropout_p: float = 0.1
+    ffn_dropout_p: float = 0.1
+    initializer_range: float = 0.02
+
+    def __post_init__(self):
+        assert self.dim % self.n_head == 0, "dim must be divisible by n_head"
+        assert self.head_dim % 4 == 0, "2-D RoPE needs head_dim divisible by 4"
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_head
+
+    @property
+    def ffn_hidden(self) -> int:
+        hidden = int(2 * 4 * self.dim / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return find_multiple(hidden, self.multiple_of)
+
+    @property
+    def tokens_per_segment(self) -> int:
+        return self.grid_size**2
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.num_segments * self.tokens_per_segment + self.special_token_num
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "GSTConfig":
+        if name not in PRESETS:
+            raise KeyError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+PRESETS: dict[str, dict] = {
+    # Same shapes as the golden tiny model (official_golden.md (a)); for tests.
+    "tiny": dict(dim=64, n_layer=2, n_head=4, vocab_size=50, grid_size=4),
+    # CPU-trainable: 8x8 token grids, 6.3M parameters in the blocks (+ 2*256*vocab for embed/head).
+    "small": dict(dim=256, n_layer=8, n_head=8, grid_size=8),
+    # LlamaGen sizes; GPT-XXL with the default vocabulary and grid is the released GST model.
+    "GPT-B": dict(dim=768, n_layer=12, n_head=12),
+    "GPT-L": dict(dim=1024, n_layer=24, n_head=16),
+    "GPT-XL": dict(dim=1280, n_layer=36, n_head=20),
+    "GPT-XXL": dict(dim=1536, n_layer=48, n_head=24),
+}
+
+
+def build_rope_table(
+    grid_size: int,
+    head_dim: int,
+    special_token_num: int = 1,
+    num_segments: int = 3,
+    base: float = 10000.0,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Official 2-D RoPE table, [rows, head_dim/2, 2] with (cos, sin) in the last axis.
+
+    Pair k < head_dim/4 rotates by the token's grid row, the rest by its column, with
+    w_k = base^(-4k/head_dim). Rows: one grid, `special_token_num` rows of ones (cos = sin = 1,
+    which is NOT the identity; kept for checkpoint compatibility), then the grid again for each
+    remaining segment, so every segment reuses the same 2-D positions.
+    """
+    half = head_dim // 2
+    # Computed exactly as the official code so the float32 table matches bit for bit.
+    freqs = 1.0 / (base ** (torch.arange(0, half, 2, device=device)[: half // 2].float() / half))
+    angles = torch.outer(torch.arange(grid_size, device=device), freqs)  # [G, head_dim/4]
+    grid = torch.cat(
+        [
+            angles[:, None, :].expand(-1, grid_size, -1),  # row angle
+            angles[None, :, :].expand(grid_size, -1, -1),  # column angle
+        ],
+        dim=-1,
+    ).flatten(0, 1)  # [G*G, head_dim/2], row-major cells
+    grid = torch.stack([grid.cos(), grid.sin()], dim=-1)
+    special = torch.ones(special_token_num, half, 2, device=device)
+    return torch.cat([grid, special] + [grid] * (num_segments - 1), dim=0)
+
+
+def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """x: [B, T, H, D]; rope: [T, D/2, 2]. Rotates adjacent pairs (2k, 2k+1) in float32."""
+    xp = x.float().reshape(*x.shape[:-1], -1, 2)
+    rope = rope.view(1, xp.size(1), 1, xp.size(3), 2)
+    a, b = xp[..., 0], xp[..., 1]
+    cos, sin = rope[..., 0], rope[..., 1]
+    out = torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1)
+    return out.flatten(3).type_as(x)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 for bf16 stability, as the official model does.
+        xf = x.float()
+        xf = xf * torch.rsqrt(torch.mean(xf * xf, dim=-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+class KVCache(nn.Module):
+    """Preallocated keys/values [B, H, S, D], written in place at absolute positions."""
+
+    def __init__(self, max_batch_size: int, max_seq_length: int, n_head: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | str | None = None):
+        super().__init__()
+        shape = (max_batch_size, n_head, max_seq_length, head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        # Which slots hold real entries: lets a sequence start at a position > 0.
+        self.register_buffer("filled", torch.zeros(max_seq_length, dtype=torch.bool, device=device),
+                             persistent=False)
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """input_pos [T]; k, v [B, H, T, D]. Returns the cache views for this batch: [B, H, S, D]."""
+        b = k.shape[0]
+        self.k_cache[:b, :, input_pos] = k
+        self.v_cache[:b, :, input_pos] = v
+        self.filled[input_pos] = True
+        return self.k_cache[:b], self.v_cache[:b]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: GSTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.head_dim = config.head_dim
+        self.dim = config.dim
+        self.wqkv = nn.Linear(config.dim, 3 * config.dim, bias=False)
+        self.wo = nn.Linear(config.dim, config.dim, bias=False)
+        self.qk_norm = config.qk_norm
+        if config.qk_norm:
+            # One LayerNorm over the head vector, shared by all heads (official eps 1e-5).
+            self.q_norm = nn.LayerNorm(config.head_dim)
+            self.k_norm = nn.LayerNorm(config.head_dim)
+        self.attn_dropout_p = config.attn_dropout_p
+        self.resid_dropout = nn.Dropout(config.resid_dropout_p)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, input_pos: torch.Tensor | None,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        bsz, seqlen, _ = x.shape
+        q, k, v = self.wqkv(x).view(bsz, seqlen, 3, self.n_head, self.head_dim).unbind(2)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, D]
+
+        if mask is not None:  # cached path: attend over every filled slot up to each position
+            k, v = self.kv_cache.update(input_pos, k, v)
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=mask,
+            is_causal=mask is None,
+            dropout_p=self.attn_dropout_p if self.training else 0.0,
+        )
+        y = y.transpose(1, 2).contiguous().view(bsz, seqlen, self.dim)
+        return self.resid_dropout(self.wo(y))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: GSTConfig):
+        super().__init__()
+        self.w1 = nn.Linear(config.dim, config.ffn_hidden, bias=False)  # gate
+        self.w3 = nn.Linear(config.dim, config.ffn_hidden, bias=False)  # up
+        self.w2 = nn.Linear(config.ffn_hidden, config.dim, bias=False)  # down
+        self.ffn_dropout = nn.Dropout(config.ffn_dropout_p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, config: GSTConfig):
+        super().__init__()
+        self.attention = Attention(config)
+        self.feed_forward = FeedForward(config)
+        self.attention_norm = RMSNorm(config.dim, config.norm_eps)
+        self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
+
+    def forward(self, x, rope, input_pos, mask):
+        h = x + self.attention(self.attention_norm(x), rope, input_pos, mask)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: GSTConfig):
+        super().__init__()
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.tok_dropout = nn.Dropout(config.token_dropout_p)
+        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layer))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        # Derived from the config, so kept out of the state_dict (the official checkpoint has no table).
+        self.register_buffer("freqs_cis", self._rope_table(), persistent=False)
+        self.init_weights()
+
+    def _rope_table(self, device=None) -> torch.Tensor:
+        c = self.config
+        return build_rope_table(c.grid_size, c.head_dim, c.special_token_num, c.num_segments,
+                                c.rope_base, device=device)
+
+    def _apply(self, fn, recurse=True):
+        # .to(bfloat16) would round the RoPE table and .to_empty() would leave it uninitialised;
+        # rebuild it in float32 on the new device (the official keeps it as a float32 attribute).
+        super()._apply(fn, recurse)
+        self.freqs_cis = self._rope_table(self.freqs_cis.device)
+        return self
+
+    def init_weights(self):
+        std = self.config.initializer_range
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, mean=0.0, std=std)
+        # Zero head: every token starts equally likely (official init).
+        nn.init.zeros_(self.output.weight)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def setup_caches(self, max_batch_size: int, max_seq_length: int, dtype: torch.dtype | None = None):
+        """Allocate one KV cache per layer; the length is rounded up to a multiple of 8 as official."""
+        max_seq_length = find_multiple(max_seq_length, 8)
+        weight = self.tok_embeddings.weight
+        for layer in self.layers:
+            layer.attention.kv_cache = KVCache(max_batch_size, max_seq_length, self.config.n_head,
+                                               self.config.head_dim, dtype or weight.dtype, weight.device)
+
+    def clear_caches(self):
+        for layer in self.layers:
+            layer.attention.kv_cache = None
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None, *,
+                use_cache: bool = False) -> torch.Tensor:
+        """tokens [B, T] -> float32 logits [B, T, V]; logits at t predict token t + 1.
+
+        input_pos [T] holds the absolute positions (RoPE rows) of the tokens; None means 0..T-1.
+        With use_cache the keys/values are written to the KV cache at input_pos and each token
+        attends to every filled cache slot at or before its own position.
+        """
+        seqlen = tokens.shape[1]
+        if input_pos is None:
+            if use_cache:
+                raise ValueError("use_cache needs explicit input_pos")
+            input_pos = torch.arange(seqlen, device=tokens.device)
+
+        mask = None
+        if use_cache:
+            cache = self.layers[0].attention.kv_cache
+            if cache is None:
+                raise RuntimeError("call setup_caches() before forward(use_cache=True)")
+            slots = torch.arange(cache.k_cache.shape[2], device=tokens.device)
+            # Slots being written now count as filled; the cache's flag updates inside the layer.
+            filled = cache.filled.clone()
+            filled[input_pos] = True
+            mask = (slots[None, :] <= input_pos[:, None]) & filled[None, :]  # [T, S]
+
+        rope = self.freqs_cis[input_pos]
+        h = self.tok_dropout(self.tok_embeddings(tokens))
+        for layer in self.layers:
+            h = layer(h, rope, input_pos, mask)
+        return self.output(self.norm(h)).float()
+
+    def loss(self, tokens: torch.Tensor, targets: torch.Tensor,
+             loss_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean next-token cross-entropy; loss_mask [B, T] selects which targets count."""
+        logits = self(tokens)
+        ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+        if loss_mask is None:
+            return ce.mean()
+        w = loss_mask.flatten().to(ce.dtype)
+        return (ce * w).sum() / w.sum().clamp(min=1.0)
+
+    def configure_optimizers(self, weight_decay: float, lr: float, betas: tuple[float, float],
+                             **adamw_kwargs) -> torch.optim.AdamW:
+        """AdamW with decay on matrices (linears, embeddings) only, not on norm scales/biases."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, **adamw_kwargs)
