@@ -75,7 +75,7 @@ class GSTConfig:
 PRESETS: dict[str, dict] = {
     # Same shapes as the golden tiny model (official_golden.md (a)); for tests.
     "tiny": dict(dim=64, n_layer=2, n_head=4, vocab_size=50, grid_size=4),
-    # CPU-trainable: 8x8 token grids, 6.3M parameters in the blocks (+ 2*256*vocab for embed/head).
+    # CPU-trainable: 8x8 token grids, 6.8M parameters in the blocks (+ 2*256*vocab for embed/head).
     "small": dict(dim=256, n_layer=8, n_head=8, grid_size=8),
     # LlamaGen sizes; GPT-XXL with the default vocabulary and grid is the released GST model.
     "GPT-B": dict(dim=768, n_layer=12, n_head=12),
@@ -235,6 +235,9 @@ class Transformer(nn.Module):
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
         # Derived from the config, so kept out of the state_dict (the official checkpoint has no table).
         self.register_buffer("freqs_cis", self._rope_table(), persistent=False)
+        # Meta-built model + load_state_dict(assign=True) leaves the table on meta: rebuild it.
+        self.register_load_state_dict_post_hook(
+            lambda module, _: module._refresh_rope(module.tok_embeddings.weight.device))
         self.init_weights()
 
     def _rope_table(self, device=None) -> torch.Tensor:
@@ -242,11 +245,14 @@ class Transformer(nn.Module):
         return build_rope_table(c.grid_size, c.head_dim, c.special_token_num, c.num_segments,
                                 c.rope_base, device=device)
 
+    def _refresh_rope(self, device):
+        self.freqs_cis = self._rope_table(device)
+
     def _apply(self, fn, recurse=True):
         # .to(bfloat16) would round the RoPE table and .to_empty() would leave it uninitialised;
         # rebuild it in float32 on the new device (the official keeps it as a float32 attribute).
         super()._apply(fn, recurse)
-        self.freqs_cis = self._rope_table(self.freqs_cis.device)
+        self._refresh_rope(self.freqs_cis.device)
         return self
 
     def init_weights(self):

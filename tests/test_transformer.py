@@ -127,6 +127,17 @@ def test_rope_table_stays_float32_and_out_of_state_dict():
     assert "freqs_cis" not in model.state_dict()
 
 
+def test_meta_built_model_loads_with_assign(golden, tiny_golden_model):
+    """The memory-light path for big checkpoints: build on meta, load with assign=True."""
+    with torch.device("meta"):
+        model = Transformer(GSTConfig.from_preset("tiny"))
+    model.load_state_dict(tiny_golden_model.state_dict(), strict=True, assign=True)
+    assert not model.freqs_cis.is_meta
+    seq = torch.from_numpy(golden["tiny_gpt.cond_idx"])
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(seq), tiny_golden_model(seq), atol=0, rtol=0)
+
+
 # -- (4) cached decoding equals the full forward ---------------------------------------------
 
 @pytest.mark.parametrize("special", [1, 0])
