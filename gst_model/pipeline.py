@@ -96,7 +96,7 @@ class GSTPipeline:
         codes = camera_tokens - self.vocab.camera_offset
         rays = self.runtime.decode_rays(codes.clamp(0, self.vocab.camera_codes - 1)).double().cpu()
         fit = geometry.cameras_from_plucker(rays, fovy_deg=self.view.fovy_deg,
-                                            estimate_intrinsics=self.estimate_intrinsics, robust=True)
+                                            estimate_intrinsics=self.estimate_intrinsics, robust="cauchy")
         return fit
 
     def _camera_codes(self, c2w: np.ndarray, K: np.ndarray | None) -> torch.Tensor:
