@@ -529,6 +529,17 @@ def _clear_of_objects(scene: SceneSpec, eye: np.ndarray, clearance: float) -> bo
     return all(np.linalg.norm(eye - obj.center) > bounding_radius(obj) + clearance for obj in scene.objects)
 
 
+def _blocks_view(scene: SceneSpec, eye: np.ndarray, target: np.ndarray, near_fraction: float = 0.4) -> bool:
+    """Whether an object's bounding sphere cuts the sight line within its first near_fraction."""
+    seg = target - eye
+    length2 = float(seg @ seg)
+    for obj in scene.objects:
+        s = float(np.clip((obj.center - eye) @ seg / length2, 0.0, 1.0))
+        if s < near_fraction and np.linalg.norm(eye + s * seg - obj.center) < bounding_radius(obj):
+            return True
+    return False
+
+
 def _uniform(rng: np.random.Generator, value) -> float:
     """A fixed number, or uniform in a (low, high) range."""
     return float(rng.uniform(*value)) if np.ndim(value) else float(value)
@@ -544,7 +555,8 @@ def sample_cameras(scene: SceneSpec, rng: np.random.Generator, n: int, *,
     All cameras share a base azimuth (random unless given) and spread uniformly within
     +-azimuth_spread_deg/2 of it, so the relative yaw of any pair is at most the spread plus the
     jitter of targets, heights and roll. `fov_deg`, `radius`, `height` are a number or (low, high).
-    Eyes stay inside the room and at least `clearance` away from every object's bounding sphere.
+    Eyes stay inside the room, at least `clearance` away from every object's bounding sphere, and
+    no object sits on the near part of the line of sight (so no view is a close-up of one object).
     """
     base = math.radians(base_azimuth_deg) if base_azimuth_deg is not None else rng.uniform(0, 2 * math.pi)
     poses, fovs = [], []
@@ -558,7 +570,8 @@ def sample_cameras(scene: SceneSpec, rng: np.random.Generator, n: int, *,
                                             _uniform(rng, height)]), margin=0.2)
         fov = _uniform(rng, fov_deg)
         roll = rng.uniform(-roll_deg, roll_deg)
-        if np.linalg.norm((eye - target)[:2]) < 0.5 or not _clear_of_objects(scene, eye, clearance):
+        if (np.linalg.norm((eye - target)[:2]) < 0.5 or not _clear_of_objects(scene, eye, clearance)
+                or _blocks_view(scene, eye, target)):
             continue
         poses.append(look_at(eye, target, roll_deg=roll))
         fovs.append(fov)
