@@ -1,0 +1,227 @@
+"""ONNX Runtime back-end, and the graph-driven generation loop it shares with the TensorRT back-end.
+
+The graphs come from `gst_model.export` (see its docstring for the contract). Sampling and CFG run in
+torch on the logits the graphs return, through the same `sample_from_logits` as the torch back-end,
+so greedy and seeded sampling follow the reference token for token (up to float rounding of logits).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from gst_model.export import bundle_digest, export_bundle, load_manifest
+from gst_model.generate import allowed_schedule, sample_from_logits
+from gst_model.runtime import SamplingParams
+from gst_model.transformer import find_multiple
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("GST_ONNX_CACHE", Path.home() / ".cache" / "gst_ros" / "onnx"))
+
+
+def ensure_export(bundle, model_dir: str | Path | None = None, cache_root: str | Path | None = None,
+                  static_batch: int | None = None) -> Path:
+    """model_dir as given, else <cache_root>/<model sha256>[-b<static batch>], exported if missing."""
+    if model_dir is not None:
+        return Path(model_dir)
+    digest = bundle_digest(bundle)
+    name = digest[:32] + (f"-b{static_batch}" if static_batch else "")
+    path = Path(cache_root or default_cache_root()) / name
+    try:
+        manifest = load_manifest(path, verify=True)
+        if manifest["model_sha256"] == digest:
+            return path
+    except (FileNotFoundError, ValueError):
+        pass  # missing, foreign or damaged: export afresh
+    export_bundle(bundle, path, static_batch=static_batch)
+    return path
+
+
+class GraphRuntime:
+    """Runtime protocol on top of exported graphs; subclasses provide `_run(graph, feeds) -> outputs`.
+
+Tensors stay torch tensors on `self.device` (the KV cache included), so a GPU back-end can keep the
+cache on the device; the ONNX Runtime CPU back-end hands them to ORT as zero-copy numpy views.
+
+    With `static=True` the fixed-batch transformer graphs are used (TensorRT engines are built from
+    them): batches are padded to the static batch and prompts must have an exported static length.
+    """
+
+    def __init__(self, manifest: dict, static: bool = False, device: str = "cpu"):
+        self.manifest = manifest
+        self.device = torch.device(device)
+        self.static = static
+        self.n_layer = manifest["n_layer"]
+        tcfg = manifest["config"]["transformer"]
+        self.max_seq_len = tcfg["num_segments"] * tcfg["grid_size"] ** 2 + tcfg["special_token_num"]
+        if static and not manifest.get("static_batch"):
+            raise ValueError("static graphs requested but the export has none (export with --static-batch)")
+        self.static_batch = manifest.get("static_batch")
+
+    def _run(self, graph: str, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ tokenizers
+    def _tokenizer(self, graph: str, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        name = "input" if graph.endswith("encoder") else "codes"
+        return self._run(graph, {name: x.detach().to(self.device, dtype).contiguous()})[0]
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return self._tokenizer("image_encoder", images, torch.float32)
+
+    def decode_images(self, codes: torch.Tensor) -> torch.Tensor:
+        return self._tokenizer("image_decoder", codes, torch.long)
+
+    def encode_rays(self, rays: torch.Tensor) -> torch.Tensor:
+        return self._tokenizer("camera_encoder", rays, torch.float32)
+
+    def decode_rays(self, codes: torch.Tensor) -> torch.Tensor:
+        return self._tokenizer("camera_decoder", codes, torch.long)
+
+    # ------------------------------------------------------------------ transformer
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        """Static graphs: repeat row 0 up to the static batch (the extra rows are dropped after)."""
+        if not self.static or x.shape[0] == self.static_batch:
+            return x
+        if x.shape[0] > self.static_batch:
+            raise ValueError(f"batch {x.shape[0]} (x2 with CFG) exceeds the static batch {self.static_batch} "
+                             "of the exported graphs/engines; re-export with a larger --static-batch")
+        return torch.cat([x, x[:1].expand(self.static_batch - x.shape[0], *x.shape[1:])])
+
+    def prefill(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """tokens [B,P] -> (last logits [B,V], [k_0, v_0, ...] each [B,H,P,D])."""
+        b, p = tokens.shape
+        graph = "prefill"
+        if self.static:
+            graph = f"prefill_p{p}_static"
+            if graph not in self.manifest["graphs"]:
+                raise ValueError(f"no static prefill graph for prompt length {p}; exported lengths: "
+                                 f"{self.manifest['static_prompt_lengths']}")
+        out = self._run(graph, {"tokens": self._pad(tokens), "input_pos": input_pos})
+        return out[0][:b], [t[:b] for t in out[1:]]
+
+    def decode(self, token: torch.Tensor, pos: int, cache: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """token [B,1] at slot pos over cache [k_0, v_0, ...] -> (logits [B,V], new rows [B,H,1,D])."""
+        feeds = {"token": self._pad(token), "input_pos": torch.tensor([pos], device=self.device)}
+        for i in range(self.n_layer):
+            feeds[f"cache_k_{i}"], feeds[f"cache_v_{i}"] = cache[2 * i], cache[2 * i + 1]
+        out = self._run("decode_static" if self.static else "decode", feeds)
+        return out[0], out[1:]
+
+    def generate(self, prompt: torch.Tensor, num_new_tokens: int, sampling: SamplingParams,
+                 segment_ranges, generator: torch.Generator | None) -> torch.Tensor:
+        """Same contract and sampling stream as `gst_model.generate.generate` with start_pos 0."""
+        if num_new_tokens < 1:
+            raise ValueError("num_new_tokens must be >= 1")
+        prompt = prompt.detach().to(self.device, torch.long)
+        batch, plen = prompt.shape
+        if plen + num_new_tokens - 1 > self.max_seq_len:
+            raise ValueError(f"{plen + num_new_tokens} positions exceed the model's max_seq_len {self.max_seq_len}")
+        schedule = allowed_schedule(segment_ranges, num_new_tokens)
+        cfg = sampling.cfg_scale > 1.0
+        rows = torch.cat([prompt, torch.zeros_like(prompt)]) if cfg else prompt
+        if self.static:
+            self._pad(rows)  # raises before any work if the batch does not fit the static graphs
+        # N hypotheses share one prompt: prefill each distinct row once and copy its cache.
+        unique, inverse = torch.unique(rows, dim=0, return_inverse=True)
+        logits, kv = self.prefill(unique, torch.arange(plen, device=self.device))
+        idx = inverse
+        slots = self.manifest["cache_slots"] if self.static else find_multiple(plen + num_new_tokens, 8)
+        nrows = self.static_batch if self.static else rows.shape[0]
+        cache = []
+        for t in kv:
+            c = torch.zeros((nrows, t.shape[1], slots, t.shape[3]), dtype=t.dtype, device=self.device)
+            c[: len(idx), :, :plen] = t[idx]
+            cache.append(c)
+
+        def pick(step_logits: torch.Tensor, allowed) -> torch.Tensor:
+            lg = step_logits[: rows.shape[0]].float()
+            if cfg:
+                cond, uncond = lg.chunk(2, dim=0)
+                lg = uncond + (cond - uncond) * sampling.cfg_scale
+            return sample_from_logits(lg, temperature=sampling.temperature, top_k=sampling.top_k,
+                                      top_p=sampling.top_p, greedy=sampling.greedy, generator=generator,
+                                      allowed=allowed)
+
+        token = pick(logits[idx], schedule[0])
+        out = [token]
+        for i in range(1, num_new_tokens):
+            pos = plen + i - 1
+            x = torch.cat([token, token]) if cfg else token
+            step_logits, new = self.decode(x[:, None], pos, cache)
+            for c, n in zip(cache, new):
+                c[:, :, pos] = n[:, :, 0]
+            token = pick(step_logits, schedule[i])
+            out.append(token)
+        return torch.stack(out, dim=1)
+
+
+def _providers(device: str, model_dir: Path) -> list:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if not str(device).startswith("cuda"):
+        return ["CPUExecutionProvider"]
+    wanted = []
+    if "TensorrtExecutionProvider" in available:
+        wanted.append(("TensorrtExecutionProvider", {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
+                                                     "trt_engine_cache_path": str(model_dir / "ort_trt_cache")}))
+    if "CUDAExecutionProvider" in available:
+        wanted.append("CUDAExecutionProvider")
+    if not wanted:
+        raise RuntimeError(f"device {device!r} needs onnxruntime-gpu (CUDA provider); available: {available}")
+    return wanted + ["CPUExecutionProvider"]
+
+
+class OrtRuntime(GraphRuntime):
+    """onnxruntime sessions over an export directory (exported into a cache when model_dir is None).
+
+    int8=True uses dynamically quantized (int8 weight) copies of the transformer graphs, made once and
+    kept in <model_dir>/int8; outputs then differ from the float model.
+    """
+
+    def __init__(self, bundle, device: str = "cpu", model_dir: str | Path | None = None, providers=None,
+                 cache_root: str | Path | None = None, static: bool = False, static_batch: int | None = None,
+                 int8: bool = False, threads: int | None = None, verify: bool = True):
+        import onnxruntime as ort
+
+        self.model_dir = ensure_export(bundle, model_dir, cache_root, static_batch)
+        manifest = load_manifest(self.model_dir, verify=verify)
+        super().__init__(manifest, static=static, device="cpu")  # host tensors; ORT copies to its device
+        self.providers = providers or _providers(device, self.model_dir)
+        self.options = ort.SessionOptions()
+        if threads:
+            self.options.intra_op_num_threads = threads
+        self.int8 = int8
+        self._sessions: dict = {}
+        self._ort = ort
+
+    def _graph_path(self, graph: str) -> Path:
+        path = self.model_dir / self.manifest["graphs"][graph]["file"]
+        if self.int8 and self.manifest["graphs"][graph]["weights"] == "transformer.weights":
+            path = _quantized(path, self.model_dir / "int8")
+        return path
+
+    def session(self, graph: str):
+        if graph not in self._sessions:  # lazy: a pose-only user never loads the image decoder
+            self._sessions[graph] = self._ort.InferenceSession(str(self._graph_path(graph)), self.options,
+                                                               providers=self.providers)
+        return self._sessions[graph]
+
+    def _run(self, graph: str, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        outputs = self.session(graph).run(None, {k: v.numpy() for k, v in feeds.items()})
+        return [torch.from_numpy(o) for o in outputs]
+
+
+def _quantized(src: Path, out_dir: Path) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    dst = out_dir / src.name
+    if not dst.exists():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir / f".{src.stem}.tmp.onnx"
+        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, use_external_data_format=True)
+        os.replace(tmp, dst)
+    return dst

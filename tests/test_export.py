@@ -1,0 +1,289 @@
+"""ONNX export and the ONNX Runtime / TensorRT back-ends: manifest, parity with torch, engine cache."""
+import json
+import math
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from gst_model import export
+from gst_model.checkpoint import build_bundle, save_bundle
+from gst_model.runtime import SamplingParams
+from gst_model.runtime.ort_runtime import OrtRuntime
+from gst_model.runtime.torch_runtime import TorchRuntime
+from gst_model.runtime.trt_runtime import (
+    cached_engine_status,
+    engine_key,
+    import_tensorrt,
+    store_engine,
+)
+
+STATIC_BATCH = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    # Tiny graphs on a shared 2-core box run faster without intra-op threads fighting each other.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    torch.manual_seed(0)
+    b = build_bundle("tiny")
+    # The preset's zero head makes every logit equal (greedy would trivially agree): randomise it.
+    torch.nn.init.normal_(b.transformer.output.weight, std=0.5)
+    return b.eval()
+
+
+@pytest.fixture(scope="module")
+def model_dir(bundle, tmp_path_factory):
+    """Export through the CLI from a saved checkpoint (covers save -> load -> export)."""
+    root = tmp_path_factory.mktemp("export")
+    save_bundle(bundle, root / "ckpt")
+    assert export.main(["--checkpoint", str(root / "ckpt"), "--out", str(root / "onnx"),
+                        "--static-batch", str(STATIC_BATCH)]) == 0
+    return root / "onnx"
+
+
+@pytest.fixture(scope="module")
+def ort(bundle, model_dir):
+    return OrtRuntime(bundle, model_dir=model_dir, threads=1)
+
+
+@pytest.fixture(scope="module")
+def torch_rt(bundle):
+    return TorchRuntime(bundle)
+
+
+def _images(n, size, channels=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, channels, size, size, generator=g) * 2 - 1
+
+
+# ------------------------------------------------------------------ manifest and files
+def test_manifest_lists_checked_graphs_sharing_weights(bundle, model_dir):
+    manifest = export.load_manifest(model_dir, verify=True)
+    graphs = manifest["graphs"]
+    T = bundle.transformer.config.grid_size ** 2
+    assert set(graphs) == {"image_encoder", "image_decoder", "camera_encoder", "camera_decoder", "prefill",
+                           "decode", f"prefill_p{T + 1}_static", f"prefill_p{2 * T + 1}_static", "decode_static"}
+    assert manifest["model_sha256"] == export.bundle_digest(bundle)
+    assert manifest["config"]["transformer"]["n_layer"] == bundle.transformer.config.n_layer
+    assert "dynamo=False" in manifest["exporter"]
+    for name, g in graphs.items():
+        onnx.checker.check_model(str(model_dir / g["file"]))  # path form: external data resolved
+        assert g["opset"] == export.OPSET and set(g["sha256"]) == {g["file"], g["weights"]}
+        proto = onnx.load(str(model_dir / g["file"]), load_external_data=False)
+        assert all(i.data_location != onnx.TensorProto.EXTERNAL
+                   or {e.key: e.value for e in i.external_data}["location"] == g["weights"]
+                   for i in proto.graph.initializer)
+    # One weights file for all five transformer graphs, about the size of the fp32 parameters.
+    assert {g["weights"] for n, g in graphs.items() if "prefill" in n or "decode" == n[:6]} == {"transformer.weights"}
+    params = sum(p.numel() for p in bundle.transformer.parameters()) * 4
+    assert 0.98 * params <= manifest["file_bytes"]["transformer.weights"] < 1.3 * params  # norms stay inline
+    decode = {s["name"]: s for s in graphs["decode"]["inputs"]}
+    assert decode["cache_k_0"]["shape"][0] == "batch" and decode["token"]["dtype"] == "int64"
+    static = {s["name"]: s for s in graphs["decode_static"]["inputs"]}
+    assert static["cache_k_0"]["shape"][0] == STATIC_BATCH
+    assert static["cache_k_0"]["shape"][2] == manifest["cache_slots"]
+
+
+def test_manifest_hash_detects_tampering(model_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(model_dir, copy)
+    with open(copy / "transformer.weights", "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(ValueError, match="transformer.weights does not match its sha256"):
+        export.load_manifest(copy)
+    (copy / "transformer.weights").unlink()
+    with pytest.raises(ValueError, match="missing"):
+        export.load_manifest(copy)
+
+
+# ------------------------------------------------------------------ numeric parity
+def test_tokenizer_graphs_match_torch(bundle, ort, torch_rt):
+    view = bundle.view
+    images, rays = _images(2, view.image_size), _images(2, view.ray_size, 6, seed=1)
+    codes = torch_rt.encode_images(images)
+    assert torch.equal(ort.encode_images(images), codes)
+    assert torch.equal(ort.encode_rays(rays), torch_rt.encode_rays(rays))
+    assert (ort.decode_images(codes) - torch_rt.decode_images(codes)).abs().max() < 1e-4
+    assert (ort.decode_rays(codes) - torch_rt.decode_rays(codes)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_prefill_and_cached_decode_logits_match_torch(bundle, model_dir, static):
+    rt = OrtRuntime(bundle, model_dir=model_dir, static=static, threads=1, verify=False)
+    model = bundle.transformer
+    T = model.config.grid_size ** 2
+    P, steps, B = 2 * T + 1, 5, 3
+    tokens = torch.randint(0, model.config.vocab_size, (B, P + steps), generator=torch.Generator().manual_seed(2))
+    model.setup_caches(B, P + steps)
+    try:
+        with torch.inference_mode():
+            ref = model(tokens[:, :P], torch.arange(P), use_cache=True)[:, -1]
+        logits, kv = rt.prefill(tokens[:, :P], torch.arange(P))
+        assert (logits - ref).abs().max() < 1e-4
+        slots = rt.manifest["cache_slots"]
+        rows = STATIC_BATCH if static else B
+        cache = [torch.zeros(rows, t.shape[1], slots, t.shape[3]) for t in kv]
+        for c, t in zip(cache, kv):
+            c[:B, :, :P] = t
+        for pos in range(P, P + steps):
+            with torch.inference_mode():
+                ref = model(tokens[:, pos:pos + 1], torch.tensor([pos]), use_cache=True)[:, -1]
+            logits, new = rt.decode(tokens[:, pos:pos + 1], pos, cache)
+            for c, n in zip(cache, new):
+                c[:, :, pos] = n[:, :, 0]
+            assert (logits[:B] - ref).abs().max() < 1e-4
+    finally:
+        model.clear_caches()
+
+
+def _prompts(bundle, torch_rt):
+    """Pose layout [obs, <EST>, target] and view layout [obs, <GEN>, camera], 3 hypotheses each."""
+    vocab = bundle.vocab
+    codes = torch_rt.encode_images(_images(2, bundle.view.image_size, seed=3))
+    cams = torch_rt.encode_rays(_images(1, bundle.view.ray_size, 6, seed=4)) + vocab.camera_offset
+    pose = torch.cat([codes[:1], torch.tensor([[vocab.est_token]]), codes[1:]], dim=1)
+    view = torch.cat([codes[:1], torch.tensor([[vocab.gen_token]]), cams], dim=1)
+    T = vocab.tokens_per_view
+    return [(pose.expand(3, -1), [(T, vocab.camera_range())]), (view.expand(3, -1), [(T, vocab.image_range())])]
+
+
+@pytest.mark.parametrize("sampling", [SamplingParams(greedy=True), SamplingParams(greedy=True, cfg_scale=2.0),
+                                      SamplingParams(top_k=50, top_p=0.9, cfg_scale=1.5)],
+                         ids=["greedy", "greedy-cfg", "seeded-sampling-cfg"])
+def test_generation_matches_torch_for_both_layouts(bundle, ort, torch_rt, sampling):
+    for prompt, ranges in _prompts(bundle, torch_rt):
+        T = bundle.vocab.tokens_per_view
+        ref = torch_rt.generate(prompt, T, sampling, ranges, torch.Generator().manual_seed(7))
+        got = ort.generate(prompt, T, sampling, ranges, torch.Generator().manual_seed(7))
+        lo, hi = ranges[0][1]
+        assert torch.equal(got, ref)
+        assert ((ref >= lo) & (ref < hi)).all()
+
+
+def test_static_graphs_generate_like_torch_and_reject_oversized_batches(bundle, model_dir, torch_rt):
+    rt = OrtRuntime(bundle, model_dir=model_dir, static=True, threads=1, verify=False)
+    prompt, ranges = _prompts(bundle, torch_rt)[0]
+    T = bundle.vocab.tokens_per_view
+    sampling = SamplingParams(greedy=True)
+    ref = torch_rt.generate(prompt, T, sampling, ranges, None)
+    assert torch.equal(rt.generate(prompt, T, sampling, ranges, None), ref)
+    with pytest.raises(ValueError, match="exceeds the static batch"):
+        rt.generate(prompt[:1].expand(STATIC_BATCH + 1, -1), 4, sampling, ranges[:0], None)
+    with pytest.raises(ValueError, match="no static prefill graph for prompt length"):
+        rt.generate(prompt[:, :5], 4, sampling, [], None)
+
+
+def test_export_cache_is_keyed_by_model_content(bundle, model_dir, tmp_path, monkeypatch):
+    from gst_model.runtime import ort_runtime
+
+    cached = tmp_path / f"{export.bundle_digest(bundle)[:32]}-b{STATIC_BATCH}"
+    shutil.copytree(model_dir, cached)
+    calls = []
+    monkeypatch.setattr(ort_runtime, "export_bundle", lambda b, path, static_batch: calls.append(path))
+    rt = OrtRuntime(bundle, cache_root=tmp_path, static_batch=STATIC_BATCH, threads=1)
+    assert rt.model_dir == cached and calls == []  # found by content hash, not re-exported
+    (cached / "decode.onnx").write_bytes(b"damaged")
+    ort_runtime.ensure_export(bundle, None, tmp_path, STATIC_BATCH)
+    assert calls == [cached]  # a damaged export is replaced, never used
+
+
+def test_pipeline_onnxruntime_matches_torch(bundle, model_dir):
+    from gst_model.pipeline import GSTPipeline
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(2))
+    torch_pipe = GSTPipeline(bundle, backend="torch")
+    ort_pipe = GSTPipeline(bundle, backend="onnxruntime", model_dir=model_dir, threads=1)
+    ref = torch_pipe.estimate_pose(a, b, num_samples=2, greedy=True)
+    got = ort_pipe.estimate_pose(a, b, num_samples=2, greedy=True)
+    # Same camera tokens; the two ray decoders round differently (~1e-5), which moves the fitted
+    # poses by < 1e-6, so poses are compared to 1e-5 rather than bit for bit.
+    np.testing.assert_allclose(got.samples, ref.samples, atol=1e-5)
+    np.testing.assert_allclose(got.c2w, ref.c2w, atol=1e-5)
+    c2w = np.eye(4)
+    c2w[:3, 3] = [0.1, 0.0, 0.0]
+    ref_views = torch_pipe.predict_view(a, c2w, greedy=True)
+    got_views = ort_pipe.predict_view(a, c2w, greedy=True)
+    assert len(got_views) == len(ref_views) == 1
+    diff = np.abs(got_views[0].astype(int) - ref_views[0].astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99  # same tokens; uint8 rounding of ~1e-5 decoder noise
+
+
+# ------------------------------------------------------------------ TensorRT
+def _graph(sha="a" * 64):
+    return {"sha256": {"decode_static.onnx": sha, "transformer.weights": "b" * 64}}
+
+
+def test_trt_engine_cache_key_and_stale_detection(tmp_path):
+    key = engine_key(_graph(), "10.3.0", "NVIDIA H100")
+    assert cached_engine_status(tmp_path, "decode_static", key) == (False, "no cached engine")
+    store_engine(tmp_path, "decode_static", key, b"engine-bytes")
+    assert cached_engine_status(tmp_path, "decode_static", key) == (True, "cached engine matches")
+    for other, what in ((engine_key(_graph(), "10.4.0", "NVIDIA H100"), "tensorrt"),
+                        (engine_key(_graph(), "10.3.0", "NVIDIA H200"), "gpu"),
+                        (engine_key(_graph("c" * 64), "10.3.0", "NVIDIA H100"), "onnx_sha256"),
+                        (engine_key(_graph(), "10.3.0", "NVIDIA H100", precision="fp32"), "precision")):
+        usable, reason = cached_engine_status(tmp_path, "decode_static", other)
+        assert not usable and reason == f"stale engine: {what} changed"
+    (tmp_path / "decode_static.engine").write_bytes(b"engine-bytez")  # same size, different bytes
+    assert cached_engine_status(tmp_path, "decode_static", key) == (
+        False, "engine file does not match its recorded sha256")
+    store_engine(tmp_path, "decode_static", key, b"rebuilt")
+    assert cached_engine_status(tmp_path, "decode_static", key)[0]
+    (tmp_path / "decode_static.key.json").unlink()
+    assert cached_engine_status(tmp_path, "decode_static", key) == (False, "cached engine has no key file")
+    (tmp_path / "decode_static.key.json").write_text("{not json")
+    assert cached_engine_status(tmp_path, "decode_static", key) == (False, "key file is corrupt")
+    # The key is plain JSON next to the engine, readable by a person debugging a rebuild.
+    store_engine(tmp_path, "decode_static", key, b"x")
+    assert json.loads((tmp_path / "decode_static.key.json").read_text())["gpu"] == "NVIDIA H100"
+
+
+def _tensorrt_missing_reason():
+    try:
+        import_tensorrt()
+    except RuntimeError as exc:
+        return str(exc)
+    return "" if torch.cuda.is_available() else "no CUDA GPU"
+
+
+def test_tensorrt_backend_raises_a_clear_error_when_unavailable(bundle):
+    reason = _tensorrt_missing_reason()
+    if not reason:
+        pytest.skip("TensorRT and a GPU are present: the error path cannot be exercised")
+    from gst_model.runtime import make_runtime
+
+    with pytest.raises(RuntimeError, match="TensorRT|CUDA"):
+        make_runtime(bundle, backend="tensorrt", device="cuda")
+
+
+def test_tensorrt_generation_matches_torch(bundle, model_dir, torch_rt, tmp_path):
+    reason = _tensorrt_missing_reason()
+    if reason:
+        pytest.skip(f"TensorRT engine build/run not verifiable here: {reason}")
+    from gst_model.runtime.trt_runtime import TensorRTRuntime
+
+    rt = TensorRTRuntime(bundle, model_dir=model_dir, engine_dir=tmp_path, static_batch=STATIC_BATCH)
+    prompt, ranges = _prompts(bundle, torch_rt)[0]
+    T = bundle.vocab.tokens_per_view
+    got = rt.generate(prompt, T, SamplingParams(greedy=True), ranges, None)
+    ref = torch_rt.generate(prompt, T, SamplingParams(greedy=True), ranges, None)
+    # FP16 engines: a near-tie may flip a token, so agreement rather than identity is asserted.
+    assert (got == ref).float().mean() > 0.9
+    again = TensorRTRuntime(bundle, model_dir=model_dir, engine_dir=tmp_path, static_batch=STATIC_BATCH)
+    again.generate(prompt, 2, SamplingParams(greedy=True), [], None)
+    assert again.rebuilt == {}  # loaded from the engine cache
+    assert math.isfinite(float(rt.decode_images(got[:1] % bundle.vocab.image_codes).abs().max()))
