@@ -14,6 +14,7 @@ $(STAMP): requirements.txt requirements-ros.txt scripts/setup_ros.sh scripts/set
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
 	bash scripts/setup_ros.sh $(VENV)
 	touch $@
 

@@ -113,16 +113,18 @@ VQ_PRESETS: dict[str, VQConfig] = {
         in_channels=6, out_channels=6, encoder_ch_mult=(1, 2, 2), decoder_ch_mult=(1, 2, 2),
         codebook_size=2048, codebook_dim=4,
     ),
-    # CPU-trainable image tokenizer: 64x64 RGB -> 8x8 tokens.
+    # CPU-trainable image tokenizer: 64x64 RGB -> 8x8 tokens. Narrow and shallow so it trains in
+    # minutes on 2 CPU cores (the full-width levels at 64x64 dominate the cost).
     "image-small": VQConfig(
-        base_channels=32, encoder_ch_mult=(1, 2, 2, 4), decoder_ch_mult=(1, 2, 2, 4),
-        z_channels=64, codebook_size=1024, codebook_dim=8, norm_groups=16,
+        base_channels=16, encoder_ch_mult=(1, 2, 4, 4), decoder_ch_mult=(1, 2, 4, 4), num_res_blocks=1,
+        z_channels=64, codebook_size=1024, codebook_dim=8, norm_groups=8,
     ),
-    # CPU-trainable camera tokenizer: 32x32 Pluecker map -> 8x8 tokens.
+    # CPU-trainable camera tokenizer: 32x32 Pluecker map -> 8x8 tokens. Ray maps of pinhole cameras
+    # are smooth and low-dimensional, so a very small network without attention suffices.
     "camera-small": VQConfig(
-        in_channels=6, out_channels=6, base_channels=32, encoder_ch_mult=(1, 2, 2),
-        decoder_ch_mult=(1, 2, 2), z_channels=64, codebook_size=1024, codebook_dim=4,
-        norm_groups=16,
+        in_channels=6, out_channels=6, base_channels=16, encoder_ch_mult=(1, 2, 2),
+        decoder_ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=32, codebook_size=512, codebook_dim=4,
+        norm_groups=8, use_attention=False,
     ),
     # The tiny camera tokenizer of the official golden vectors (section (c)): 64x64 -> 16x16.
     "camera-golden-tiny": VQConfig(

@@ -25,13 +25,14 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from gst_model.data.token_cache import TokenCache
 from gst_model.transformer import GSTConfig, Transformer
 from gst_model.vocab import Task, Vocabulary
 from training.common import (EMA, CsvLog, OptimConfig, all_reduce_mean, autocast_context, cleanup_distributed,
                              config_to_dict, load_config, load_training_state, lr_at, pick_device,
                              plot_curves, save_training_state, seed_everything, setup_distributed,
                              setup_logging, unwrap)
-from training.pair_tokens import PairTokens
+from training.data import load_tokens
 
 log = logging.getLogger("gst.train_gst")
 
@@ -58,7 +59,7 @@ class GSTTrainConfig:
     threads: int = 0  # torch intra-op threads on CPU (0 = torch default)
 
 
-def build_sequences(tokens: PairTokens, pair_idx: np.ndarray, tasks: np.ndarray, vocab: Vocabulary,
+def build_sequences(tokens: TokenCache, pair_idx: np.ndarray, tasks: np.ndarray, vocab: Vocabulary,
                     cond_dropout: float, rng: np.random.Generator) -> torch.Tensor:
     """[B, 3T+1] sequences for the given pairs, each in the layout of its task."""
     obs = tokens.image_codes[tokens.pairs[pair_idx, 0]]
@@ -93,7 +94,7 @@ def sample_tasks(cfg: GSTTrainConfig, step: int, n: int, rng: np.random.Generato
 
 
 @torch.no_grad()
-def evaluate(model, tokens: PairTokens, vocab: Vocabulary, cfg: GSTTrainConfig, device) -> dict[str, float]:
+def evaluate(model, tokens: TokenCache, vocab: Vocabulary, cfg: GSTTrainConfig, device) -> dict[str, float]:
     """Validation loss per layout on a fixed set of pairs (same pairs every time)."""
     model.eval()
     rng = np.random.default_rng(1234)
@@ -117,11 +118,10 @@ def main(cfg: GSTTrainConfig) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed + dist_info.rank)
-    train = PairTokens.load(Path(cfg.tokens), "train")
-    val = PairTokens.load(Path(cfg.tokens), "val")
-    vocab = train.vocab
-    model_cfg = GSTConfig.from_preset(cfg.preset, vocab_size=vocab.size, grid_size=train.grid_size,
-                                      **cfg.model_overrides)
+    train, vocab = load_tokens(cfg.tokens, "train")
+    val, _ = load_tokens(cfg.tokens, "val")
+    grid = int(round(vocab.tokens_per_view ** 0.5))
+    model_cfg = GSTConfig.from_preset(cfg.preset, vocab_size=vocab.size, grid_size=grid, **cfg.model_overrides)
     model = Transformer(model_cfg).to(device)
     optimizer = model.configure_optimizers(cfg.optim.weight_decay, cfg.optim.lr, cfg.optim.betas)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None

@@ -1,0 +1,71 @@
+"""Training-data glue: which pairs a run uses, and the arrays each trainer consumes.
+
+All trainers read the same dataset root (RealEstate10K layout, e.g. written by
+`python -m gst_model.data.make_synthetic`) through `gst_model.data.PairDataset`, so the camera
+tokenizer sees exactly the relative cameras the transformer is later trained on.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from gst_model.data.formats import read_re10k_split
+from gst_model.data.pairs import PairDataset
+from gst_model.data.token_cache import TokenCache
+from gst_model.image import crop_resize_intrinsics
+from gst_model.vocab import Vocabulary
+
+
+@dataclass
+class PairConfig:
+    root: str = "data/synthetic"
+    image_size: int = 64
+    min_rot_deg: float = 0.0
+    max_rot_deg: float = 60.0
+    pairs_per_scene: int = 48
+    scale_mode: str = "scene"  # see gst_model.data.pairs
+    seed: int = 0
+
+
+def pair_dataset(cfg: PairConfig, split: str) -> PairDataset:
+    scenes = read_re10k_split(Path(cfg.root), split)
+    if not scenes:
+        raise FileNotFoundError(f"no sequences in {Path(cfg.root) / split} (run python -m gst_model.data.make_synthetic)")
+    return PairDataset(scenes, size=cfg.image_size, min_rot_deg=cfg.min_rot_deg, max_rot_deg=cfg.max_rot_deg,
+                       pairs_per_scene=cfg.pairs_per_scene, scale_mode=cfg.scale_mode, seed=cfg.seed)
+
+
+def pair_cameras(ds: PairDataset, ray_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rel_c2w [P,4,4], K_target [P,3,3] at ray_size) for every pair of the dataset's current epoch."""
+    rel, K = [], []
+    for i in range(len(ds)):
+        s, _, target, rel_c2w, _ = ds.pair_pose(i)
+        view = ds.scenes[s].views[target]
+        rel.append(rel_c2w)
+        K.append(crop_resize_intrinsics(view.K, *view.size, ray_size))
+    return np.stack(rel), np.stack(K)
+
+
+def view_images(ds: PairDataset) -> np.ndarray:
+    """Every view of every scene, preprocessed to the dataset size: [V, 3, S, S] uint8."""
+    views = [ds.view(s, v)[0] for s, scene in enumerate(tqdm(ds.scenes, desc="load views"))
+             for v in range(len(scene.views))]
+    return np.stack(views).transpose(0, 3, 1, 2).copy()
+
+
+def load_tokens(directory: str | Path, split: str) -> tuple[TokenCache, Vocabulary]:
+    """A split's token cache and the vocabulary recorded beside it by training.tokenize_dataset."""
+    directory = Path(directory)
+    meta_file = directory / "meta.json"
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{meta_file} missing: run python -m training.tokenize_dataset first")
+    meta = json.loads(meta_file.read_text())
+    cache = TokenCache.load(directory / f"{split}.npz")
+    vocab = Vocabulary(meta["image_codes"], meta["camera_codes"], meta["grid_size"] ** 2)
+    if cache.image_codes.shape[1] != vocab.tokens_per_view or cache.camera_codes.shape[1] != vocab.tokens_per_view:
+        raise ValueError(f"{directory}: token rows do not have {vocab.tokens_per_view} codes")
+    return cache, vocab

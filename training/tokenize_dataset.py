@@ -1,0 +1,86 @@
+"""Pre-tokenise a dataset's pairs with trained tokenizers (so GST training never runs them).
+
+    python -m training.tokenize_dataset --camera runs/camera_tokenizer --image runs/image_tokenizer \
+        --out runs/tokens data.root=data/synthetic data.image_size=64 ray_size=32
+
+Writes <out>/{train,val,test}.npz (gst_model.data.TokenCache) and <out>/meta.json with the
+vocabulary sizes and grid the transformer must use.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from gst_model import geometry
+from gst_model.data.token_cache import TokenCache
+from gst_model.tokenizer import VQConfig, VQModel
+from training.common import config_to_dict, load_config, setup_logging
+from training.data import PairConfig, pair_dataset
+
+log = logging.getLogger("gst.tokenize")
+
+
+@dataclass
+class TokenizeConfig:
+    camera: str = "runs/camera_tokenizer"  # output dir of training.train_tokenizer (kind=camera)
+    image: str = "runs/image_tokenizer"
+    out: str = "runs/tokens"
+    data: PairConfig = field(default_factory=PairConfig)
+    ray_size: int = 32
+    splits: tuple[str, ...] = ("train", "val", "test")
+    batch_size: int = 64
+
+
+def load_trained_tokenizer(directory: str | Path) -> VQModel:
+    """A tokenizer written by training.train_tokenizer (config JSON + safetensors weights)."""
+    directory = Path(directory)
+    cfg_file, weights = directory / "tokenizer_config.json", directory / "tokenizer.safetensors"
+    for f in (cfg_file, weights):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} missing: train the tokenizer first (training.train_tokenizer)")
+    model = VQModel(VQConfig(**json.loads(cfg_file.read_text())))
+    model.load_state_dict(load_file(str(weights)), strict=True)
+    return model.eval()
+
+
+def main(cfg: TokenizeConfig) -> Path:
+    setup_logging(True)
+    image_vq, camera_vq = load_trained_tokenizer(cfg.image), load_trained_tokenizer(cfg.camera)
+    grid = image_vq.latent_grid(cfg.data.image_size)
+    if camera_vq.latent_grid(cfg.ray_size) != grid:
+        raise ValueError(f"image grid {grid} != camera grid {camera_vq.latent_grid(cfg.ray_size)}")
+    scale = cfg.ray_size / cfg.data.image_size
+
+    def encode_camera(rel_c2w: torch.Tensor, K_target: torch.Tensor) -> torch.Tensor:
+        K = K_target.clone()
+        K[:, :2] *= scale  # K is for the dataset's image size; the ray map is smaller
+        rays = geometry.plucker_rays_from_intrinsics(rel_c2w, K, cfg.ray_size, cfg.ray_size)
+        return camera_vq.encode_indices(rays.float())
+
+    out = Path(cfg.out)
+    meta = {"image_codes": image_vq.config.codebook_size, "camera_codes": camera_vq.config.codebook_size,
+            "grid_size": grid[0], "ray_size": cfg.ray_size, "config": config_to_dict(cfg)}
+    for split in cfg.splits:
+        ds = pair_dataset(cfg.data, split)
+        cache = TokenCache.build(ds, image_vq.encode_indices, encode_camera, out / f"{split}.npz",
+                                 batch_size=cfg.batch_size, meta=meta)
+        log.info("%s: %d views, %d pairs", split, cache.num_views, cache.num_pairs)
+    return out
+
+
+def cli(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML config (fields of TokenizeConfig)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides")
+    args = parser.parse_args(argv)
+    main(load_config(TokenizeConfig, args.config, args.overrides))
+
+
+if __name__ == "__main__":
+    cli()
