@@ -1,0 +1,330 @@
+"""Inference benchmark: official-style recompute vs KV-cached torch vs ONNX Runtime (fp32, int8).
+
+    python -m gst_model.bench [--presets small,GPT-B] [--out bench/results.md] [--quick]
+
+Each (preset, path) runs in its own subprocess so peak RSS is that path's alone. Weights are random
+(seed 0, output head re-drawn with std dim^-0.5 so greedy decoding is not a tie) unless the preset
+is "default", the shipped checkpoint. A transformer preset name (GPT-B, GPT-L, ...) is paired with
+the official tokenizers (VQ-16, VQ-4) and the official vocabulary and 16x16 grid.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from gst_model.checkpoint import BUNDLE_PRESETS, DEFAULT_MODEL_DIR, build_bundle, load_bundle
+from gst_model.generate import sample_from_logits
+from gst_model.runtime import SamplingParams
+from gst_model.transformer import PRESETS, find_multiple
+
+PATHS = ("nocache", "torch", "ort", "ort_int8")
+LABELS = {"nocache": "official-style, no KV cache", "torch": "torch eager + KV cache",
+          "ort": "onnxruntime fp32", "ort_int8": "onnxruntime int8 (dynamic)"}
+
+
+# ------------------------------------------------------------------ models and machine
+def make_bundle(preset: str):
+    if preset == "default":
+        return load_bundle(DEFAULT_MODEL_DIR)
+    torch.manual_seed(0)
+    if preset in BUNDLE_PRESETS:
+        bundle = build_bundle(preset)
+    elif preset in PRESETS:
+        bundle = build_bundle("official", **{k: PRESETS[preset][k] for k in ("dim", "n_layer", "n_head")})
+    else:
+        raise ValueError(f"unknown preset {preset!r}: a bundle preset {sorted(BUNDLE_PRESETS)}, a transformer "
+                         f"preset {sorted(PRESETS)} or 'default'")
+    torch.nn.init.normal_(bundle.transformer.output.weight, std=bundle.transformer.config.dim ** -0.5)
+    return bundle.eval()
+
+
+def bundle_bytes(preset: str) -> int:
+    """fp32 bytes of all three models, without building them (for the fits-in-memory check)."""
+    with torch.device("meta"):
+        b = make_bundle(preset) if preset != "default" else load_bundle(DEFAULT_MODEL_DIR, device="meta")
+    return 4 * sum(p.numel() for m in (b.transformer, b.image_tokenizer, b.camera_tokenizer) for p in m.parameters())
+
+
+def _best(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def machine() -> dict:
+    """CPU name, matmul GFLOP/s (fp32, 2048^2) and memory read bandwidth (sum over 512 MB)."""
+    cpu = platform.processor()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    flops = 2 * n ** 3 / _best(lambda: a @ b, 5)
+    big = torch.ones(128 * 1024 * 1024)  # 512 MB: far beyond the caches
+    bandwidth = big.numel() * 4 / _best(lambda: big.sum(), 5)
+    mem = next((int(l.split()[1]) * 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "matmul_gflops": flops / 1e9, "mem_gbs": bandwidth / 1e9, "mem_total_gb": mem / 1e9,
+            "torch": torch.__version__}
+
+
+# ------------------------------------------------------------------ one path (worker process)
+class _NoCache:
+    """The official release's inference: the whole sequence is re-run for every new token."""
+
+    def __init__(self, bundle):
+        from gst_model.runtime.torch_runtime import TorchRuntime
+
+        self.tok = TorchRuntime(bundle)
+        self.model = bundle.transformer
+
+    def __getattr__(self, name):  # tokenizers come from the torch runtime
+        return getattr(self.tok, name)
+
+    @torch.inference_mode()
+    def step(self, seq: torch.Tensor, allowed=None) -> torch.Tensor:
+        return sample_from_logits(self.model(seq)[:, -1], greedy=True, allowed=allowed)
+
+    def step_seconds(self, prompt: torch.Tensor, n_new: int, repeats: int) -> float:
+        """Mean seconds per new token over a generation of n_new: cost grows linearly with length."""
+        first = _best(lambda: self.step(prompt), repeats)
+        longer = torch.cat([prompt, prompt[:, : n_new - 1]], dim=1)
+        last = _best(lambda: self.step(longer), repeats)
+        return (first + last) / 2
+
+    def generate(self, prompt, n_new, sampling, ranges, generator):  # only for short greedy checks
+        seq = prompt
+        for _ in range(n_new):
+            seq = torch.cat([seq, self.step(seq, ranges[0][1])[:, None]], dim=1)
+        return seq[:, prompt.shape[1]:]
+
+
+def _runtime(path: str, bundle, model_dir: str):
+    if path == "nocache":
+        return _NoCache(bundle)
+    if path == "torch":
+        from gst_model.runtime.torch_runtime import TorchRuntime
+
+        return TorchRuntime(bundle)
+    from gst_model.runtime.ort_runtime import OrtRuntime
+
+    return OrtRuntime(bundle, model_dir=model_dir, int8=path == "ort_int8", verify=False)
+
+
+def _micro(path: str, rt, bundle, prompt: torch.Tensor, steps: int) -> tuple[float, float]:
+    """(prefill seconds, decode seconds/token) at batch 1 for a prompt of 2T+1 tokens."""
+    model = bundle.transformer
+    plen = prompt.shape[1]
+    tokens = torch.randint(0, model.config.vocab_size, (1, steps))
+    if path == "nocache":
+        return _best(lambda: rt.step(prompt), 2), None
+    if path == "torch":
+        with torch.inference_mode():
+            model.setup_caches(1, plen + steps)
+            t = time.perf_counter()
+            model(prompt, torch.arange(plen), use_cache=True)
+            prefill = time.perf_counter() - t
+            t = time.perf_counter()
+            for i in range(steps):
+                model(tokens[:, i:i + 1], torch.tensor([plen + i]), use_cache=True)
+            decode = (time.perf_counter() - t) / steps
+            model.clear_caches()
+        return prefill, decode
+    t = time.perf_counter()
+    _, kv = rt.prefill(prompt, torch.arange(plen))
+    prefill = time.perf_counter() - t
+    slots = find_multiple(plen + model.config.grid_size ** 2, 8)
+    cache = [torch.zeros(1, k.shape[1], slots, k.shape[3]) for k in kv]
+    t = time.perf_counter()
+    for i in range(steps):
+        rt.decode(tokens[:, i:i + 1], plen + i, cache)
+    return prefill, (time.perf_counter() - t) / steps
+
+
+def worker(preset: str, path: str, model_dir: str, quick: bool) -> dict:
+    bundle = make_bundle(preset)
+    rt = _runtime(path, bundle, model_dir)
+    vocab, view = bundle.vocab, bundle.view
+    T = vocab.tokens_per_view
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, view.image_size, view.image_size, generator=g) * 2 - 1
+    rays = torch.rand(1, 6, view.ray_size, view.ray_size, generator=g) * 2 - 1
+    greedy = SamplingParams(greedy=True)
+    sampled = SamplingParams(temperature=1.0, top_k=100)
+    codes = rt.encode_images(images)
+    cams = rt.encode_rays(rays) + vocab.camera_offset
+    pose_prompt = torch.cat([codes[:1], torch.tensor([[vocab.est_token]]), codes[1:]], dim=1)
+    view_prompt = torch.cat([codes[:1], torch.tensor([[vocab.gen_token]]), cams], dim=1)
+    cam_range, img_range = [(T, vocab.camera_range())], [(T, vocab.image_range())]
+    check_len = 8 if quick else 32
+    steps = 8 if quick else 32
+    result = {"preset": preset, "path": path, "T": T}
+    check_range = [(check_len, vocab.camera_range())]
+    result["check_tokens"] = rt.generate(pose_prompt, check_len, greedy, check_range, None)[0].tolist()
+    result["prefill_s"], result["decode_s"] = _micro(path, rt, bundle, pose_prompt, steps)
+
+    def pose(n):
+        rt.encode_images(images)
+        toks = rt.generate(pose_prompt.expand(n, -1), T, sampled, cam_range, torch.Generator().manual_seed(1))
+        rt.decode_rays(toks - vocab.camera_offset)
+
+    def view_fn():
+        rt.encode_images(images[:1])
+        rt.encode_rays(rays)
+        toks = rt.generate(view_prompt, T, sampled, img_range, torch.Generator().manual_seed(1))
+        rt.decode_images(toks)
+
+    if path == "nocache":  # measured steps, extrapolated to T tokens
+        def extrapolated(fn_tok, prompt, n):
+            t = time.perf_counter()
+            fn_tok()
+            return time.perf_counter() - t + T * rt.step_seconds(prompt.expand(n, -1), T, 1)
+        tok_pose = lambda: (rt.encode_images(images), rt.decode_rays(cams - vocab.camera_offset))
+        tok_view = lambda: (rt.encode_images(images[:1]), rt.encode_rays(rays), rt.decode_images(codes[:1]))
+        result["decode_s"] = rt.step_seconds(pose_prompt, T, 1)
+        result["pose1_s"] = extrapolated(tok_pose, pose_prompt, 1)
+        result["pose16_s"] = None if quick and T > 64 else extrapolated(tok_pose, pose_prompt, 16)
+        result["view_s"] = extrapolated(tok_view, view_prompt, 1)
+        result["extrapolated"] = True
+    else:
+        result["pose1_s"] = _best(lambda: pose(1), 1 if quick else 2)
+        result["pose16_s"] = _best(lambda: pose(16), 1)
+        result["view_s"] = _best(view_fn, 1 if quick else 2)
+        result["extrapolated"] = False
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+# ------------------------------------------------------------------ driver
+def decode_bytes(bundle, path: str, pos: int) -> float:
+    """Bytes one batch-1 decode step must read: every weight except the embedding table (only one
+    row is gathered), at 1 byte for int8-quantized matrices, plus the keys/values up to pos."""
+    m = bundle.transformer
+    cfg = m.config
+    embed = m.tok_embeddings.weight.numel()
+    matrices = sum(p.numel() for p in m.parameters() if p.dim() == 2) - embed
+    vectors = sum(p.numel() for p in m.parameters() if p.dim() < 2)
+    weights = matrices * (1 if path == "ort_int8" else 4) + vectors * 4
+    return weights + 2 * cfg.n_layer * pos * cfg.dim * 4
+
+
+def _fmt(x, scale=1.0, digits=1):
+    return "-" if x is None else f"{x * scale:.{digits}f}"
+
+
+def run(presets: list[str], out: Path, quick: bool, export_root: Path) -> str:
+    from gst_model.runtime.ort_runtime import ensure_export
+
+    info = machine()
+    print(f"machine: {info['cpu']}, {info['cores']} cores, matmul {info['matmul_gflops']:.0f} GFLOP/s, "
+          f"memory read {info['mem_gbs']:.1f} GB/s", flush=True)
+    avail = next((int(l.split()[1]) * 1024 for l in open("/proc/meminfo") if l.startswith("MemAvailable")), 0)
+    rows, notes = [], []
+    for preset in presets:
+        need = bundle_bytes(preset)
+        if 4 * need > avail:  # torch model + export copy + ORT session + int8 copy
+            notes.append(f"{preset}: skipped, ~{4 * need / 1e9:.1f} GB needed, {avail / 1e9:.1f} GB available")
+            continue
+        bundle = make_bundle(preset)
+        t = time.perf_counter()
+        model_dir = ensure_export(bundle, cache_root=export_root)
+        print(f"{preset}: ONNX export ready in {time.perf_counter() - t:.0f} s ({model_dir})", flush=True)
+        results = {}
+        for path in PATHS:
+            t = time.perf_counter()
+            cmd = [sys.executable, "-m", "gst_model.bench", "--worker", preset, path, str(model_dir)]
+            proc = subprocess.run(cmd + (["--quick"] if quick else []), capture_output=True, text=True)
+            line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+            if proc.returncode or not line:
+                notes.append(f"{preset}/{path}: failed: {proc.stderr.strip().splitlines()[-1:]}")
+                continue
+            results[path] = json.loads(line[-1][7:])
+            print(f"  {path}: done in {time.perf_counter() - t:.0f} s", flush=True)
+        ref = results.get("torch", {}).get("check_tokens")
+        base = results.get("nocache", {})
+        for path, r in results.items():
+            T = r["T"]
+            roof = decode_bytes(bundle, path, 2 * T + 1 + T // 2) / (info["mem_gbs"] * 1e9)
+            r["roofline"] = roof / r["decode_s"] if r["decode_s"] else None
+            r["n16_ratio"] = r["pose16_s"] / r["pose1_s"] if r["pose16_s"] else None
+            r["speedup"] = base["pose1_s"] / r["pose1_s"] if base.get("pose1_s") else None
+            r["greedy"] = "ref" if path == "torch" else ("yes" if r["check_tokens"] == ref else "NO")
+            rows.append((preset, path, r))
+        del bundle
+
+    lines = [
+        "# GST inference benchmark",
+        "",
+        f"Machine: {info['cpu']}, {info['cores']} logical cores (shared with other jobs), "
+        f"{info['mem_total_gb']:.0f} GB RAM, torch {info['torch']} ({info['torch_threads']} threads). "
+        f"Measured: fp32 matmul {info['matmul_gflops']:.0f} GFLOP/s, memory read {info['mem_gbs']:.1f} GB/s.",
+        "",
+        "Random weights (seed 0). Pose = encode 2 images + generate T camera tokens (top-k 100 sampling) for "
+        "N hypotheses + decode N ray maps; view = encode image + camera, generate T image tokens, decode. "
+        "Decode ms/token at batch 1 after a 2T+1-token prompt; roofline = (non-embedding weights + KV read "
+        "per token) / measured memory bandwidth, as a fraction of the measured step. "
+        "'greedy = torch': the first greedy tokens of a pose estimate equal the torch path's."
+        + (" Quick mode: fewer repeats and steps." if quick else ""),
+        "",
+        "| preset | path | prefill ms | decode ms/tok | % of roofline | pose N=1 s | pose N=16 s | N16/N1 "
+        "| view s | speed-up vs no-cache (pose N=1) | peak RSS MB | greedy = torch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for preset, path, r in rows:
+        star = " (extrapolated)" if r["extrapolated"] else ""
+        lines.append(
+            f"| {preset} (T={r['T']}) | {LABELS[path]}{star} | {_fmt(r['prefill_s'], 1e3)} | "
+            f"{_fmt(r['decode_s'], 1e3, 2)} | {_fmt(r['roofline'], 100, 0)} | {_fmt(r['pose1_s'], 1, 2)} | "
+            f"{_fmt(r['pose16_s'], 1, 2)} | {_fmt(r['n16_ratio'], 1, 2)} | {_fmt(r['view_s'], 1, 2)} | "
+            f"{_fmt(r['speedup'], 1, 1)} | {r['peak_rss_mb']:.0f} | {r['greedy']} |")
+    lines += ["", "Targets: decode >= 60% of roofline at batch 1; pose N=16 <= 2.5x N=1; >= 25x end-to-end "
+              "over no-cache."]
+    for preset, path, r in rows:
+        if path == "nocache":
+            continue
+        checks = [("roofline >= 60%", r["roofline"] is not None and r["roofline"] >= 0.6),
+                  ("N16 <= 2.5x N1", r["n16_ratio"] is not None and r["n16_ratio"] <= 2.5),
+                  (">= 25x vs no-cache", r["speedup"] is not None and r["speedup"] >= 25)]
+        lines.append(f"- {preset} / {LABELS[path]}: " + ", ".join(f"{n}: {'met' if ok else 'MISSED'}"
+                                                                 for n, ok in checks))
+    lines += [f"- {n}" for n in notes]
+    text = "\n".join(lines) + "\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Benchmark GST inference paths side by side.")
+    default = "default" if DEFAULT_MODEL_DIR.is_dir() else "small"
+    parser.add_argument("--presets", default=default, help=f"comma-separated (default: {default})")
+    parser.add_argument("--out", default="bench/results.md")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and steps")
+    parser.add_argument("--export-root", default=None, help="ONNX export cache (default: the runtime's)")
+    parser.add_argument("--worker", nargs=3, metavar=("PRESET", "PATH", "MODEL_DIR"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print("RESULT " + json.dumps(worker(*args.worker, quick=args.quick)), flush=True)
+        return 0
+    from gst_model.runtime.ort_runtime import default_cache_root
+
+    text = run(args.presets.split(","), Path(args.out), args.quick, Path(args.export_root or default_cache_root()))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
