@@ -1,0 +1,217 @@
+"""Pure conversions between ROS messages and the numpy/array types GSTPipeline uses.
+
+No node, no DDS: every function takes a message (or array) and returns the other side, raising
+ValueError with a message fit for a service answer or a diagnostics entry when the input is bad.
+
+Images: rgb8/bgr8/rgba8/bgra8/mono8 become HxWx3 RGB (HxWx4 RGBA for the alpha encodings, which the
+pipeline composites over white), uint8. cv_bridge is used when a sourced ROS install provides it
+(ROS_DISTRO set); otherwise a numpy path. The PyPI `cv-bridge` is a ROS 1 port that breaks on numpy 2,
+hence the ROS_DISTRO gate. Our own size checks run first on both paths.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Pose, PoseWithCovariance, Transform
+from sensor_msgs.msg import CameraInfo, Image
+
+from gst_model import geometry
+
+# encoding -> (channels, channel order as indices into the RGB(A) output)
+ENCODINGS = {
+    "rgb8": (3, (0, 1, 2)),
+    "bgr8": (3, (2, 1, 0)),
+    "rgba8": (4, (0, 1, 2, 3)),
+    "bgra8": (4, (2, 1, 0, 3)),
+    "mono8": (1, (0,)),
+}
+DEFAULT_MAX_PIXELS = 4096 * 4096
+# A quaternion from a float32 source normalised once is within ~1e-7 of unit; 1e-3 admits sloppy
+# publishers (rounded printouts) but rejects anything that is really a different rotation.
+UNIT_QUATERNION_TOL = 1e-3
+
+
+def _cv_bridge():
+    if not os.environ.get("ROS_DISTRO"):
+        return None
+    try:
+        from cv_bridge import CvBridge
+    except ImportError:
+        return None
+    return CvBridge()
+
+
+_BRIDGE = _cv_bridge()
+
+
+def check_image_msg(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """Validate an Image's encoding and layout without touching pixels; return its channel count."""
+    enc = msg.encoding
+    if enc not in ENCODINGS:
+        raise ValueError(f"unsupported image encoding {enc!r}; supported: {', '.join(ENCODINGS)}")
+    channels = ENCODINGS[enc][0]
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h == 0 or w == 0:
+        raise ValueError(f"empty image: {w}x{h}")
+    if h * w > max_pixels:
+        raise ValueError(f"image too large: {w}x{h} = {h * w} pixels > max_image_pixels={max_pixels}")
+    if step < w * channels:
+        raise ValueError(f"step {step} < width*channels = {w}*{channels} for {enc}")
+    if len(msg.data) < step * h:
+        raise ValueError(f"image data has {len(msg.data)} bytes, expected step*height = {step}*{h} = {step * h}")
+    return channels
+
+
+def image_to_numpy(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """sensor_msgs/Image -> HxWx3 RGB (or HxWx4 RGBA) uint8, a copy independent of the message."""
+    channels = check_image_msg(msg, max_pixels)
+    h, w = int(msg.height), int(msg.width)
+    if _BRIDGE is not None:
+        want = "rgba8" if channels == 4 else "rgb8"
+        return np.array(_BRIDGE.imgmsg_to_cv2(msg, desired_encoding=want), dtype=np.uint8, copy=True)
+    # msg.data is an array.array / bytes; a strided view drops the per-row padding
+    buf = np.frombuffer(memoryview(msg.data), dtype=np.uint8, count=int(msg.step) * h)
+    rows = buf.reshape(h, int(msg.step))[:, :w * channels].reshape(h, w, channels)
+    order = ENCODINGS[msg.encoding][1]
+    if channels == 1:
+        return np.repeat(rows, 3, axis=2)
+    return np.ascontiguousarray(rows[:, :, list(order)])
+
+
+def numpy_to_image(array: np.ndarray, encoding: str = "rgb8", header=None) -> Image:
+    """HxWx3 RGB / HxWx4 RGBA / HxW mono uint8 -> sensor_msgs/Image with the given encoding."""
+    if encoding not in ENCODINGS:
+        raise ValueError(f"unsupported image encoding {encoding!r}; supported: {', '.join(ENCODINGS)}")
+    a = np.asarray(array)
+    if a.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got {a.dtype}")
+    if a.ndim == 2:
+        a = a[:, :, None]
+    channels, order = ENCODINGS[encoding]
+    if a.ndim != 3 or a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"image must be HxW or HxWxC and non-empty, got shape {a.shape}")
+    if channels == 1:
+        if a.shape[2] != 1:
+            raise ValueError(f"mono8 needs a single-channel image, got shape {a.shape}")
+    elif a.shape[2] != channels:
+        raise ValueError(f"{encoding} needs {channels} channels, got shape {a.shape}")
+    else:
+        a = a[:, :, list(order)]  # the permutations are their own inverses
+    msg = Image()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width = int(a.shape[0]), int(a.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = msg.width * channels
+    msg.data = np.ascontiguousarray(a).tobytes()
+    return msg
+
+
+# ------------------------------------------------------------------------------------ poses
+def _quaternion(q, what: str) -> np.ndarray:
+    xyzw = np.array([q.x, q.y, q.z, q.w], dtype=np.float64)
+    if not np.all(np.isfinite(xyzw)):
+        raise ValueError(f"{what} orientation contains NaN or inf: {xyzw.tolist()}")
+    norm = float(np.linalg.norm(xyzw))
+    if abs(norm - 1.0) > UNIT_QUATERNION_TOL:
+        # a non-unit quaternion usually means a bug upstream (uninitialised w=0, wrong field order)
+        raise ValueError(f"{what} orientation is not a unit quaternion (norm {norm:.6g}, tolerance "
+                         f"{UNIT_QUATERNION_TOL}); normalise it before sending")
+    return xyzw / norm
+
+
+def _matrix(t_xyz, q, what: str) -> np.ndarray:
+    t = np.array(t_xyz, dtype=np.float64)
+    if not np.all(np.isfinite(t)):
+        raise ValueError(f"{what} position contains NaN or inf: {t.tolist()}")
+    T = np.eye(4)
+    T[:3, :3] = geometry.quaternion_xyzw_to_matrix(torch.from_numpy(_quaternion(q, what))).numpy()
+    T[:3, 3] = t
+    return T
+
+
+def pose_to_matrix(pose: Pose, what: str = "pose") -> np.ndarray:
+    """geometry_msgs/Pose -> 4x4 float64 (finite position, unit quaternion, else ValueError)."""
+    p = pose.position
+    return _matrix((p.x, p.y, p.z), pose.orientation, what)
+
+
+def transform_to_matrix(transform: Transform, what: str = "transform") -> np.ndarray:
+    t = transform.translation
+    return _matrix((t.x, t.y, t.z), transform.rotation, what)
+
+
+def _rotation_translation(T: np.ndarray):
+    T = np.asarray(T, dtype=np.float64)
+    geometry.validate_rigid(torch.from_numpy(T), tol=1e-4)
+    q = geometry.matrix_to_quaternion_xyzw(torch.from_numpy(T[:3, :3])).numpy()
+    return q, T[:3, 3]
+
+
+def matrix_to_pose(T: np.ndarray) -> Pose:
+    q, t = _rotation_translation(T)
+    pose = Pose()
+    pose.position.x, pose.position.y, pose.position.z = (float(v) for v in t)
+    o = pose.orientation
+    o.x, o.y, o.z, o.w = (float(v) for v in q)
+    return pose
+
+
+def matrix_to_transform(T: np.ndarray) -> Transform:
+    q, t = _rotation_translation(T)
+    tf = Transform()
+    tf.translation.x, tf.translation.y, tf.translation.z = (float(v) for v in t)
+    r = tf.rotation
+    r.x, r.y, r.z, r.w = (float(v) for v in q)
+    return tf
+
+
+def covariance_to_list(cov: np.ndarray) -> list[float]:
+    """6x6 (x, y, z, rx, ry, rz) -> the 36 row-major floats of PoseWithCovariance.covariance.
+
+    Symmetrised (the sample covariance is symmetric up to rounding); non-finite entries raise.
+    """
+    c = np.asarray(cov, dtype=np.float64)
+    if c.shape != (6, 6):
+        raise ValueError(f"covariance must be 6x6, got {c.shape}")
+    if not np.all(np.isfinite(c)):
+        raise ValueError("covariance contains NaN or inf")
+    return [float(v) for v in (0.5 * (c + c.T)).reshape(-1)]
+
+
+def list_to_covariance(values) -> np.ndarray:
+    c = np.asarray(values, dtype=np.float64)
+    if c.size != 36:
+        raise ValueError(f"covariance must have 36 entries, got {c.size}")
+    return c.reshape(6, 6)
+
+
+def pose_with_covariance(T: np.ndarray, cov: np.ndarray) -> PoseWithCovariance:
+    msg = PoseWithCovariance()
+    msg.pose = matrix_to_pose(T)
+    msg.covariance = covariance_to_list(cov)
+    return msg
+
+
+def camera_info_to_k(info: CameraInfo) -> np.ndarray:
+    """CameraInfo.k -> 3x3 float64 pinhole matrix (finite, positive focal lengths, else ValueError)."""
+    K = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
+    if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise ValueError(f"camera_info K must be finite with positive focal lengths, got {K.tolist()}")
+    if info.width == 0 or info.height == 0:
+        raise ValueError(f"camera_info has an empty image size {info.width}x{info.height}")
+    return K
+
+
+def fovy_deg(K: np.ndarray, height: int) -> float:
+    """Vertical field of view of a pinhole camera, in degrees."""
+    return math.degrees(2.0 * math.atan2(0.5 * height, float(K[1, 1])))
+
+
+def time_to_ns(stamp: Time) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)

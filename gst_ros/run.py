@@ -1,0 +1,142 @@
+"""Start gst_ros nodes in one process from the YAML: the documented runner where `ros2 launch` is missing.
+
+    python -m gst_ros.run [--params config/gst_ros.yaml] [--remap image:=/cam/image ...]
+                          [--param model_path:=tiny ...] [--nodes localize,view_predictor]
+                          [--namespace /robot] [--ros-args ...]
+
+The same node classes and the same YAML as launch/localize.launch.py; `ros2 run gst_ros localize`
+(and the gst-localize / gst-view-predictor console scripts) go through `run_nodes` too. --params and
+--remap become ordinary ROS arguments (--params-file, -r), so rcl applies the YAML (including its
+`/**` section) and the remaps exactly as `ros2 run` would; --param values are explicit overrides. Nodes are configured and activated here when
+their `autostart` parameter is true. A MultiThreadedExecutor runs everything; SIGINT/SIGTERM shut the
+context down (rclpy's signal handlers), after which workers are stopped and nodes destroyed.
+
+Exit status: 0 after a clean shutdown, 1 if a node fails to configure (e.g. missing model),
+2 on bad command-line arguments or parameter overrides.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import rclpy
+import yaml
+from rclpy.context import Context
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.parameter import Parameter
+
+EXECUTOR_THREADS = 4  # image callbacks, diagnostics, and one model callback group per node
+
+
+def default_params_file() -> Path | None:
+    """config/gst_ros.yaml of the checkout, else of the installed package share, else None."""
+    local = Path(__file__).resolve().parents[1] / "config" / "gst_ros.yaml"
+    if local.is_file():
+        return local
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+        share = Path(get_package_share_directory("gst_ros")) / "config" / "gst_ros.yaml"
+        return share if share.is_file() else None
+    except (ImportError, PackageNotFoundError):
+        return None
+
+
+def run_nodes(node_classes, argv: list[str], overrides: list[Parameter] = ()) -> int:
+    """Create, configure and activate the nodes, spin until shutdown; returns the exit status.
+
+    `overrides` win over the YAML (rcl would let a node-specific YAML entry beat a global `-p`).
+    """
+    context = Context()
+    rclpy.init(args=argv, context=context)
+    logger = rclpy.logging.get_logger("gst_ros.run")
+    nodes, executor = [], None
+    try:
+        try:
+            nodes = [cls(context=context, parameter_overrides=list(overrides)) for cls in node_classes]
+        except ParameterException as exc:  # an override out of range / of the wrong type
+            logger.fatal(f"invalid parameter: {exc}")
+            return 2
+        for node in nodes:
+            if not node.get_parameter("autostart").value:
+                continue
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                logger.fatal(f"{node.get_name()} failed to configure (see the error above); exiting")
+                return 1
+            node.trigger_activate()
+        executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS, context=context)
+        for node in nodes:
+            executor.add_node(node)
+        logger.info(f"running {', '.join(n.get_fully_qualified_name() for n in nodes)}")
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        for node in nodes:
+            node.release()
+        if executor is not None:
+            executor.shutdown()
+        for node in nodes:
+            node.destroy_node()
+        context.try_shutdown()
+    return 0
+
+
+def node_classes(names: list[str]):
+    from gst_ros.localize_node import LocalizeNode
+    from gst_ros.view_predictor_node import ViewPredictorNode
+
+    known = {"localize": LocalizeNode, "view_predictor": ViewPredictorNode}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown node(s) {unknown}; known: {sorted(known)}")
+    return [known[n] for n in names]
+
+
+def build_ros_args(opts) -> list[str]:
+    ros = ["--ros-args"]
+    if opts.params:
+        ros += ["--params-file", str(opts.params)]
+    for r in opts.remap:
+        ros += ["-r", r]
+    if opts.namespace:
+        ros += ["-r", f"__ns:={opts.namespace}"]
+    return ros
+
+
+def parse_override(text: str) -> Parameter:
+    """NAME:=VALUE with the value read as YAML, as `-p` does (1 -> int, 1.0 -> double, '' -> string)."""
+    name, sep, value = text.partition(":=")
+    if not sep or not name:
+        raise SystemExit(f"--param expects NAME:=VALUE, got {text!r}")
+    parsed = yaml.safe_load(value) if value else ""
+    return Parameter(name, value=parsed if parsed is not None else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m gst_ros.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", type=Path, default=default_params_file(),
+                        help="ROS 2 parameter YAML (default: config/gst_ros.yaml)")
+    parser.add_argument("--remap", action="append", default=[], metavar="FROM:=TO",
+                        help="topic remap for every node, e.g. image:=/camera/image_raw")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
+                        help="parameter override for every node, e.g. model_path:=tiny")
+    parser.add_argument("--nodes", default="localize,view_predictor", help="comma-separated node names")
+    parser.add_argument("--namespace", default="", help="namespace for every node")
+    # split at --ros-args ourselves: rclpy's remove_ros_args would also eat `--param a:=b` values
+    # (a deprecated bare remap syntax)
+    split = argv.index("--ros-args") if "--ros-args" in argv else len(argv)
+    opts = parser.parse_args(argv[1:split])
+    if opts.params is not None and not opts.params.is_file():
+        parser.error(f"parameter file {opts.params} not found")
+    classes = node_classes([n.strip() for n in opts.nodes.split(",") if n.strip()])
+    # the user's own --ros-args after ours, so they win
+    overrides = [parse_override(p) for p in opts.param]
+    return run_nodes(classes, argv[:1] + build_ros_args(opts) + argv[split + 1:], overrides)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

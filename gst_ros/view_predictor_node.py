@@ -1,0 +1,221 @@
+"""`view_predictor`: what the camera would see from another pose, as a service and as topics.
+
+Lifecycle as in localize_node (configure loads the model; `autostart` drives it without a manager).
+
+Subscribes  image (sensor_msgs/Image): the latest observation; camera_info (optional): intrinsics
+            ~/query_pose (geometry_msgs/PoseStamped): target pose in the observation's optical frame
+Publishes   ~/predicted_image (sensor_msgs/Image, rgb8): header.stamp = the query's stamp,
+            frame_id = target_frame; /diagnostics (1 Hz)
+Services    ~/predict_view (gst_ros/PredictView)
+
+The service runs in a mutually exclusive callback group of a MultiThreadedExecutor, so concurrent
+calls queue rather than race, while image callbacks keep running on other threads. Topic queries go
+to one worker thread that takes the newest query (a planner wants the answer to its latest question).
+Both share the pipeline under one lock. With camera_info and use_camera_info, the target view uses the
+camera's intrinsics mapped onto the model's square output (centre crop + resize, as the model input);
+otherwise the model's default field of view.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import threading
+import time
+
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseStamped
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header
+
+from gst_model.image import crop_resize_intrinsics
+from gst_ros import common, conversions as conv
+from gst_ros.common import ParamSpec, param
+from gst_ros.srv import PredictView
+from gst_ros.worker import LatestWorker, Stats
+
+PARAMS = common.MODEL_PARAMS + (
+    ParamSpec("num_samples", 1, "images per request when the request says 0", 1, 256),
+    ParamSpec("target_frame", "gst_target_optical", "frame_id of predicted images (the target camera)"),
+    ParamSpec("max_rate_hz", 0.0, "cap on ~/query_pose predictions per second (0 = no cap)", 0.0, 1000.0),
+    ParamSpec("autostart", True, "configure and activate at start-up (no lifecycle manager needed)",
+              configure_only=True),
+)
+
+
+class ViewPredictorNode(LifecycleNode):
+    def __init__(self, **kwargs):
+        super().__init__("view_predictor", **kwargs)
+        self.configured = False
+        common.declare(self, PARAMS)
+        self._model_lock = threading.Lock()
+        self._pipeline = None
+        self._worker = None
+        self._active = False
+        self._entities = []
+
+    # ----------------------------------------------------------------------------- lifecycle
+    def on_configure(self, state) -> TransitionCallbackReturn:
+        try:
+            self._pipeline = common.load_pipeline(self)
+        except Exception as exc:  # any load failure: the message is the cause, the state stays unconfigured
+            self.get_logger().fatal(f"cannot load model (model_path={param(self, 'model_path')!r}, "
+                                    f"backend={param(self, 'backend')}): {type(exc).__name__}: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self._stats = Stats()
+        self._reported_errors = 0
+        self._latest = None  # latest Image message
+        self._camera_info = None
+        model_group = MutuallyExclusiveCallbackGroup()
+        self._image_pub = self.create_lifecycle_publisher(Image, "~/predicted_image", 10)
+        diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._entities = [
+            (self.destroy_lifecycle_publisher, self._image_pub),
+            (self.destroy_publisher, diag_pub),
+            (self.destroy_subscription, self.create_subscription(Image, "image", self._on_image,
+                                                                 common.image_qos(self))),
+            (self.destroy_subscription, self.create_subscription(PoseStamped, "~/query_pose", self._on_query, 10)),
+            (self.destroy_service, self.create_service(PredictView, "~/predict_view", self._on_predict_view,
+                                                       callback_group=model_group, qos_profile=common.SERVICE_QOS)),
+            (self.destroy_timer, self.create_timer(1.0, lambda: diag_pub.publish(self._diagnostics()))),
+        ]
+        if param(self, "use_camera_info"):
+            info_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+            self._entities.append((self.destroy_subscription, self.create_subscription(
+                CameraInfo, "camera_info", self._on_camera_info, info_qos)))
+        self._worker = LatestWorker(self._process_query, "view-predictor-worker", lambda: common.min_period_s(self))
+        self.configured = True
+        self.get_logger().info(f"configured: model {param(self, 'model_path') or 'default'} on "
+                               f"{param(self, 'backend')}/{param(self, 'device')}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state) -> TransitionCallbackReturn:
+        self._active = True
+        return super().on_activate(state)
+
+    def on_deactivate(self, state) -> TransitionCallbackReturn:
+        self._active = False
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state) -> TransitionCallbackReturn:
+        self.release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state) -> TransitionCallbackReturn:
+        self._active = False
+        self.release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def release(self) -> None:
+        """Stop the worker, destroy what configure created and drop the model (idempotent)."""
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
+        for destroy, entity in self._entities:
+            destroy(entity)
+        self._entities = []
+        self._pipeline = None
+        self.configured = False
+
+    # ------------------------------------------------------------------------------ inputs
+    def _on_image(self, msg: Image) -> None:
+        self._stats.count_received()
+        self._latest = msg  # converted only when used
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._camera_info = msg
+
+    def _on_query(self, msg: PoseStamped) -> None:
+        if self._active:
+            self._worker.submit((msg, time.monotonic()))
+
+    def _error(self, message: str) -> None:
+        self._stats.record_error(message)
+        self.get_logger().warning(message, throttle_duration_sec=5.0)
+
+    def _intrinsics(self, image_msg: Image):
+        """Camera K on the model's output grid, or None (model default) without usable camera_info."""
+        info = self._camera_info
+        if info is None or (info.width, info.height) != (image_msg.width, image_msg.height):
+            return None
+        K = conv.camera_info_to_k(info)
+        return crop_resize_intrinsics(K, info.height, info.width, self._pipeline.view.image_size)
+
+    def _predict(self, image_msg: Image, target, num_samples: int, seed: int | None = None, **sampling):
+        """Validated inputs -> list of predicted images (HxWx3 uint8); ValueError on a bad input."""
+        rgb = conv.image_to_numpy(image_msg, param(self, "max_image_pixels"))
+        c2w = conv.pose_to_matrix(target, "target_pose")
+        K = self._intrinsics(image_msg)
+        with self._model_lock:
+            return self._pipeline.predict_view(rgb, c2w, num_samples=num_samples, K=K,
+                                               **common.sampling_kwargs(self, seed=seed, **sampling))
+
+    def _no_image(self) -> str:
+        return f"no image received yet on {self.resolve_topic_name('image')}"
+
+    # ------------------------------------------------------------------------------ topic path
+    def _process_query(self, item) -> None:
+        query, received = item
+        if self._latest is None:
+            self._error(f"query_pose: {self._no_image()}")
+            return
+        try:
+            images = self._predict(self._latest, query.pose, param(self, "num_samples"))
+            header = Header(stamp=query.header.stamp, frame_id=param(self, "target_frame"))
+            self._image_pub.publish(conv.numpy_to_image(images[0], "rgb8", header))
+        except Exception as exc:  # bad query or model failure: count it, keep serving
+            self._error(f"query_pose: {type(exc).__name__}: {exc}")
+            return
+        self._stats.record_done(time.monotonic() - received)
+
+    # ----------------------------------------------------------------------------- service
+    def _on_predict_view(self, request: PredictView.Request, response: PredictView.Response):
+        started = time.monotonic()
+        try:
+            if not self._active:
+                raise ValueError("node is not active")
+            image_msg = self._latest if request.use_latest_frame else request.observation
+            if image_msg is None:
+                raise ValueError(self._no_image())
+            n = common.check_num_samples(self, request.num_samples, param(self, "num_samples"))
+            sampling = {}
+            # <= 0 (0 for top_k) means the node default; NaN/inf are errors, not defaults
+            for name in ("temperature", "top_p", "cfg_scale"):
+                v = float(getattr(request, name))
+                if not math.isfinite(v):
+                    raise ValueError(f"{name} must be finite, got {v}")
+                sampling[name] = v if v > 0 else None
+            sampling["top_k"] = int(request.top_k) or None
+            seed = int(request.seed) if request.seed >= 0 else -1
+            images = self._predict(image_msg, request.target_pose, n, seed=seed, **sampling)
+            header = Header(stamp=image_msg.header.stamp, frame_id=param(self, "target_frame"))
+            response.images = [conv.numpy_to_image(im, "rgb8", header) for im in images]
+            response.success, response.message = True, f"{len(images)} image(s)"
+            self._stats.record_done(time.monotonic() - started)
+        except Exception as exc:  # bad request or model failure: answer, count, keep serving
+            self._error(f"predict_view: {exc}")
+            response.success, response.message = False, str(exc)
+        response.latency_ms = 1e3 * (time.monotonic() - started)
+        return response
+
+    # -------------------------------------------------------------------------- diagnostics
+    def _diagnostics(self) -> DiagnosticArray:
+        snap = self._stats.snapshot()
+        snap["new_errors"] = snap["errors"] > self._reported_errors
+        self._reported_errors = snap["errors"]
+        warn = "inactive" if not self._active else ("waiting for the first image" if self._latest is None else "")
+        extra = {"dropped_queries": self._worker.dropped if self._worker else 0,
+                 "camera_info": "yes" if self._camera_info is not None else "no"}
+        return common.diagnostics(self, "view prediction", snap, extra, warn)
+
+
+def main(args=None) -> int:
+    from gst_ros.run import run_nodes
+
+    return run_nodes([ViewPredictorNode], args if args is not None else sys.argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
