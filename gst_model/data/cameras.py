@@ -14,12 +14,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
+
+from gst_model import geometry
 
 
 def fov_to_K(fovy_deg: float, height: int, width: int) -> np.ndarray:
     """Square-pixel K with the given vertical field of view and a centred principal point."""
-    f = 0.5 * height / math.tan(math.radians(fovy_deg) / 2.0)
-    return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
+    return geometry.intrinsics_from_fov(fovy_deg, height, width).numpy()
 
 
 def look_at(eye: np.ndarray, target: np.ndarray, up=(0.0, 0.0, 1.0), roll_deg: float = 0.0) -> np.ndarray:
@@ -42,7 +44,8 @@ def look_at(eye: np.ndarray, target: np.ndarray, up=(0.0, 0.0, 1.0), roll_deg: f
 
 def relative_pose(c2w_obs: np.ndarray, c2w_target: np.ndarray) -> np.ndarray:
     """Target pose in the observation camera's frame (the observation becomes the identity)."""
-    return np.linalg.inv(c2w_obs) @ c2w_target
+    return geometry.relative_pose(torch.from_numpy(np.asarray(c2w_obs, dtype=np.float64)),
+                                  torch.from_numpy(np.asarray(c2w_target, dtype=np.float64))).numpy()
 
 
 def rotation_angle_deg(R: np.ndarray) -> float:

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from gst_model.data.cameras import fov_to_K, relative_pose
+from gst_model.image import composite_on_white
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # OpenCV camera axes expressed in PyTorch3D camera axes (x and y flip; z forward in both) and in
@@ -76,9 +77,7 @@ def load_rgb(path: Path) -> np.ndarray:
     """uint8 RGB; images with alpha are composited over white as the official preprocessing does."""
     with Image.open(path) as im:
         if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-            x = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
-            rgb = x[..., :3] * x[..., 3:4] + (1.0 - x[..., 3:4])
-            return (rgb * 255.0).astype(np.uint8)  # truncation, like the official int8 cast
+            return composite_on_white(np.asarray(im.convert("RGBA")))
         return np.array(im.convert("RGB"))
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image
+
+from gst_model import image as image_ops
 
 from gst_model.data.cameras import relative_pose
 from gst_model.data.formats import PairSample, Scene, make_pair, scene_scale
@@ -24,17 +25,8 @@ SCALE_MODES = ("scene", "pair", "none")
 
 def center_crop_resize(image: np.ndarray, K: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Square centre crop of the short side, bicubic resize to size x size, and the matching K."""
-    h, w = image.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    crop = np.ascontiguousarray(image[top:top + side, left:left + side])
-    if side != size:
-        crop = np.array(Image.fromarray(crop).resize((size, size), Image.BICUBIC))
-    K = np.asarray(K, dtype=np.float64).copy()
-    K[0, 2] -= left
-    K[1, 2] -= top
-    K[:2] *= size / side
-    return crop, K
+    return (image_ops.center_crop_resize(image, size),
+            image_ops.crop_resize_intrinsics(K, image.shape[0], image.shape[1], size))
 
 
 def rotation_angles_deg(c2w_ref: np.ndarray, c2ws: np.ndarray) -> np.ndarray:
