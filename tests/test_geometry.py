@@ -29,15 +29,6 @@ GOLDEN = Path(__file__).resolve().parents[1].parent / "shared/reference/official
 F64 = torch.float64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    # Small batched linear algebra on a shared 2-core machine is slower with competing threads.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def golden():
     if not GOLDEN.exists():

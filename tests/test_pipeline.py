@@ -12,14 +12,6 @@ from gst_model.image import center_crop_resize, crop_resize_intrinsics
 from gst_model.pose_samples import summarize
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def pipe():
     return GSTPipeline.from_pretrained("tiny")

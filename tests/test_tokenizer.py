@@ -22,16 +22,6 @@ STATE_DICTS = REFERENCE / "official_state_dicts.json"
 needs_golden = pytest.mark.skipif(not GOLDEN.exists(), reason=f"golden vectors absent: {GOLDEN}")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    # CPU runs share 2 cores with other jobs; one intra-op thread avoids oversubscription
-    # stalls (a first forward took ~6 s with 2 threads vs 0.2 s with 1 on a loaded machine).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def golden():
     return np.load(GOLDEN)

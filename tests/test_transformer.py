@@ -15,15 +15,6 @@ GOLDEN = REFERENCE / "official_golden.npz"
 STATE_DICTS = REFERENCE / "official_state_dicts.json"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    # Tiny ops on a shared 2-core box are ~10x slower with intra-op threads fighting each other.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def golden():
     if not GOLDEN.exists():

@@ -134,7 +134,7 @@ def read_re10k_sequence(txt_path: Path, frames_dir: Path | None = None,
     txt_path = Path(txt_path)
     frames_dir = Path(frames_dir) if frames_dir is not None else txt_path.with_suffix("")
     lines = [ln.split() for ln in txt_path.read_text().splitlines()]
-    url, rows = " ".join(lines[0]), [ln for ln in lines[1:] if ln]
+    rows = [ln for ln in lines[1:] if ln]  # line 0 is the source video URL
     views = []
     for row in rows:
         if len(row) != 19:
