@@ -261,3 +261,22 @@ def plot_curves(log_file: CsvLog, out_png: str | Path, title: str) -> Path:
 def setup_logging(is_main: bool) -> None:
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def config_cli(config_cls: type[C], description: str, argv: list[str] | None = None,
+               extra_flags: dict[str, dict] | None = None) -> C:
+    """The scripts' shared command line: --config YAML, optional extra flags, then key=value overrides.
+
+    An extra flag `--name` given on the command line becomes the override `name=value`.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help=f"YAML config (fields of {config_cls.__name__})")
+    for flag, kwargs in (extra_flags or {}).items():
+        parser.add_argument(f"--{flag}", **kwargs)
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.max_steps=100")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides)
+    overrides += [f"{flag}={getattr(args, flag)}" for flag in (extra_flags or {}) if getattr(args, flag) is not None]
+    return load_config(config_cls, args.config, overrides)

@@ -8,7 +8,6 @@ vocabulary sizes and grid the transformer must use.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from safetensors.torch import load_file
 from gst_model import geometry
 from gst_model.data.token_cache import TokenCache
 from gst_model.tokenizer import VQConfig, VQModel
-from training.common import config_to_dict, load_config, setup_logging
+from training.common import config_cli, config_to_dict, setup_logging
 from training.data import PairConfig, pair_dataset
 
 log = logging.getLogger("gst.tokenize")
@@ -75,12 +74,7 @@ def main(cfg: TokenizeConfig) -> Path:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config (fields of TokenizeConfig)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides")
-    args = parser.parse_args(argv)
-    main(load_config(TokenizeConfig, args.config, args.overrides))
-
+    main(config_cli(TokenizeConfig, __doc__, argv))
 
 if __name__ == "__main__":
     cli()

@@ -13,7 +13,6 @@ classifier-free guidance uses at inference.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from dataclasses import dataclass, field
@@ -28,8 +27,8 @@ from tqdm import tqdm
 from gst_model.data.token_cache import TokenCache
 from gst_model.transformer import GSTConfig, Transformer
 from gst_model.vocab import Task, Vocabulary
-from training.common import (EMA, CsvLog, OptimConfig, all_reduce_mean, autocast_context, cleanup_distributed,
-                             config_to_dict, load_config, load_training_state, lr_at, pick_device,
+from training.common import (config_cli, EMA, CsvLog, OptimConfig, all_reduce_mean, autocast_context, cleanup_distributed,
+                             config_to_dict, load_training_state, lr_at, pick_device,
                              plot_curves, save_training_state, seed_everything, setup_distributed,
                              setup_logging, unwrap)
 from training.data import load_tokens
@@ -187,14 +186,8 @@ def _ema_module(model: Transformer, ema: EMA) -> Transformer:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config (fields of GSTTrainConfig)")
-    parser.add_argument("--objective", choices=["joint", "alternating"], help="overrides the config")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.max_steps=100")
-    args = parser.parse_args(argv)
-    overrides = list(args.overrides) + ([f"objective={args.objective}"] if args.objective else [])
-    main(load_config(GSTTrainConfig, args.config, overrides))
-
+    main(config_cli(GSTTrainConfig, __doc__, argv,
+                    {"objective": dict(choices=["joint", "alternating"], help="overrides the config")}))
 
 if __name__ == "__main__":
     cli()

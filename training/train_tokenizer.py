@@ -10,7 +10,6 @@ error of decode(encode(rays)) in degrees. Image: L2 + optional LPIPS perceptual 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -26,7 +25,7 @@ from tqdm import tqdm
 
 from gst_model import geometry
 from gst_model.tokenizer import VQConfig, VQModel
-from training.common import (CsvLog, OptimConfig, config_to_dict, load_config, load_training_state, lr_at,
+from training.common import (config_cli, CsvLog, OptimConfig, config_to_dict, load_training_state, lr_at,
                              pick_device, plot_curves, save_training_state, seed_everything, setup_logging)
 from training.data import PairConfig, pair_cameras, pair_dataset, view_images
 
@@ -197,12 +196,7 @@ def main(cfg: TokenizerTrainConfig) -> Path:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config (fields of TokenizerTrainConfig)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides")
-    args = parser.parse_args(argv)
-    main(load_config(TokenizerTrainConfig, args.config, args.overrides))
-
+    main(config_cli(TokenizerTrainConfig, __doc__, argv))
 
 if __name__ == "__main__":
     cli()
