@@ -185,7 +185,7 @@ def main(cfg: TokenizerTrainConfig) -> Path:
                 metrics.update(camera_roundtrip_error(model, val_batch))
             log.info("step %d loss %.4f %s (%.0f s)", done, loss.item(), metrics, time.time() - t0)
         if done % 10 == 0 or metrics:
-            csv.write(done, loss=loss.item(), loss_rec=loss_rec.item(), loss_vq=float(loss_vq),
+            csv.write(done, loss=loss.item(), loss_rec=loss_rec.item(), loss_vq=loss_vq.item(),
                       **{k: float(v) for k, v in terms.items()}, **metrics)
         if done % cfg.save_every == 0 or done == cfg.optim.max_steps:
             save_training_state(out / "last", {"tokenizer": model}, optimizer, done, config_to_dict(cfg))

@@ -1,0 +1,117 @@
+"""Training end to end at toy scale: data -> tokenizers -> tokens -> GST (+ exact resume, DDP) -> bundle
+-> evaluation, through the same `training.build_default` command that builds the shipped model."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from gst_model import GSTPipeline
+from training import build_default, train_gst
+from training.common import OptimConfig, lr_at
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def toy_config(tmp: Path) -> dict:
+    cfg = yaml.safe_load((REPO / "training/configs/default.yaml").read_text())
+    data = str(tmp / "data")
+    pairs = {**cfg["pairs"], "root": data, "pairs_per_scene": 4}
+    cfg.update(out=str(tmp / "model"), runs=str(tmp / "runs"), threads=1)
+    cfg["synthetic"].update(out=data, scenes=6, views_per_scene=4, workers=1, split_fractions=[0.5, 0.25, 0.25])
+    short = {"warmup_steps": 1, "max_steps": 2}
+    for part in ("camera_tokenizer", "image_tokenizer"):
+        cfg[part].update(data=pairs, batch_size=4, eval_every=2, save_every=2)
+        cfg[part]["optim"].update(short)
+    cfg["tokenize"].update(data=pairs)
+    cfg["gst"].update(preset="tiny", batch_size=4, eval_every=2, save_every=2, eval_batches=1)
+    cfg["gst"]["optim"].update(short)
+    cfg["evaluate"].update(pairs=2, num_samples=2)
+    cfg["pairs"] = pairs
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("build")
+    cfg = toy_config(tmp)
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    build_default.main(["--config", str(path)])
+    return tmp, cfg
+
+
+def test_build_produces_a_loadable_evaluated_model(built):
+    tmp, cfg = built
+    model = Path(cfg["out"])
+    for name in ("config.json", "transformer.safetensors", "image_tokenizer.safetensors",
+                 "camera_tokenizer.safetensors", "evaluation/metrics.json", "evaluation/report.md"):
+        assert (model / name).is_file(), name
+    pipe = GSTPipeline.from_pretrained(model)
+    assert pipe.bundle.metadata["trained"] and pipe.bundle.metadata["training_steps"] == 2
+    rng = np.random.default_rng(0)
+    est = pipe.estimate_pose(rng.integers(0, 256, (64, 64, 3), np.uint8), rng.integers(0, 256, (64, 64, 3), np.uint8),
+                             num_samples=2)
+    assert est.c2w.shape == (4, 4)
+    for curves in ("camera_tokenizer", "image_tokenizer", "gst"):
+        assert (Path(cfg["runs"]) / curves / "train_curves.png").is_file()
+
+
+def _gst_config(cfg: dict, out: Path, steps: int) -> train_gst.GSTTrainConfig:
+    from training.common import _build
+
+    gst = {**cfg["gst"], "tokens": str(Path(cfg["runs"]) / "tokens"), "out": str(out), "threads": 1}
+    gst["optim"] = {**gst["optim"], "max_steps": steps, "warmup_steps": 1}
+    return _build(train_gst.GSTTrainConfig, {**gst, "save_every": 2, "eval_every": 100})
+
+
+def test_resume_is_exact(built, tmp_path):
+    _, cfg = built
+    train_gst.main(_gst_config(cfg, tmp_path / "straight", 4))
+    train_gst.main(_gst_config(cfg, tmp_path / "resumed", 2))
+    train_gst.main(_gst_config(cfg, tmp_path / "resumed", 4))  # continues from step 2
+    a = load_file(str(tmp_path / "straight/last/transformer.safetensors"))
+    b = load_file(str(tmp_path / "resumed/last/transformer.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_alternating_objective_runs(built, tmp_path):
+    _, cfg = built
+    gst = _gst_config(cfg, tmp_path / "alt", 2)
+    gst.objective = "alternating"
+    assert (train_gst.main(gst) / "transformer.safetensors").is_file()
+
+
+def test_two_process_ddp_with_gloo(built, tmp_path):
+    _, cfg = built
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "training.train_gst", f"tokens={Path(cfg['runs']) / 'tokens'}", f"out={tmp_path / 'ddp'}",
+           "preset=tiny", "batch_size=2", "optim.max_steps=2", "optim.warmup_steps=1", "eval_every=2",
+           "save_every=2", "eval_batches=1"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (tmp_path / "ddp/last/transformer.safetensors").is_file()
+
+
+def test_lr_schedule_shape():
+    cfg = OptimConfig(lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(60, cfg) == pytest.approx(0.55) and lr_at(110, cfg) == pytest.approx(0.1)
+    assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 120))
+
+
+def test_config_rejects_unknown_keys(tmp_path):
+    from training.common import load_config
+
+    with pytest.raises(ValueError, match="unknown GSTTrainConfig keys"):
+        load_config(train_gst.GSTTrainConfig, None, ["not_a_field=1"])
+    with pytest.raises(ValueError, match="unknown OptimConfig keys"):
+        load_config(train_gst.GSTTrainConfig, None, ["optim.lrr=1"])
