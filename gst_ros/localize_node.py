@@ -24,7 +24,6 @@ import sys
 import threading
 import time
 
-import rclpy
 from geometry_msgs.msg import PoseWithCovarianceStamped, TransformStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn

@@ -21,6 +21,7 @@ from geometry_msgs.msg import Pose, Transform  # noqa: E402
 from gst_ros import conversions as conv  # noqa: E402
 from gst_ros.worker import LatestWorker, Stats  # noqa: E402
 
+pytestmark = pytest.mark.ros
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)

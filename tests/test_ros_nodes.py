@@ -13,7 +13,6 @@ import random
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 
 from gst_ros import conversions as conv  # noqa: E402
 
+pytestmark = pytest.mark.ros
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGE_TOPIC = "/gst_test/image"
 NUM_SAMPLES = 2
@@ -496,7 +496,8 @@ def test_flood_100hz_30s(stack):
     diag = client.diagnostics("/localize", since)[-1]
     half = len(rss) // 2
     growth_mb = (np.median(rss[half:]) - np.median(rss[2:half])) / 1024
-    report = (f"sent {k} frames in 30 s, processed {len(latencies)}, dropped {diag['dropped_frames']}, "
+    report = (f"sent {k} frames in 30 s, node received (since start) {diag['received']}, processed {len(latencies)}, "
+              f"dropped (superseded) {diag['dropped_frames']}, "
               f"RSS {rss[2] / 1024:.0f} -> {rss[-1] / 1024:.0f} MB (median growth {growth_mb:.1f} MB), "
               f"latency ms median {np.median(latencies):.0f} max {np.max(latencies):.0f}")
     print(report)
