@@ -7,8 +7,9 @@
 The same node classes and the same YAML as launch/localize.launch.py; `ros2 run gst_ros localize`
 (and the gst-localize / gst-view-predictor console scripts) go through `run_nodes` too. --params and
 --remap become ordinary ROS arguments (--params-file, -r), so rcl applies the YAML (including its
-`/**` section) and the remaps exactly as `ros2 run` would; --param values are explicit overrides. Nodes are configured and activated here when
-their `autostart` parameter is true. A MultiThreadedExecutor runs everything; SIGINT/SIGTERM shut the
+`/**` section) and the remaps exactly as `ros2 run` would; --param values are explicit overrides
+that win over the YAML. Nodes are configured and activated here when their `autostart` parameter is
+true. A MultiThreadedExecutor runs everything; SIGINT/SIGTERM shut the
 context down (rclpy's signal handlers), after which workers are stopped and nodes destroyed.
 
 Exit status: 0 after a clean shutdown, 1 if a node fails to configure (e.g. missing model),
