@@ -76,7 +76,6 @@ def test_service_fields():
         "success": "boolean",
         "message": "string",
         "images": "sequence<sensor_msgs/Image>",
-        "sampled_poses": "sequence<geometry_msgs/Pose>",
         "latency_ms": "float",
     }
     assert _fields(EstimatePose.Request) == {
