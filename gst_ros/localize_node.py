@@ -1,7 +1,8 @@
 """`localize`: pose of the current camera relative to a reference keyframe, on /tf and as topics.
 
-A LifecycleNode (rclpy's lifecycle works with the Kilted wheels): configure loads the model and
-creates the ROS entities, activate starts processing, deactivate pauses it, cleanup frees the model.
+A LifecycleNode (rclpy's lifecycle works with the Kilted wheels; the shared plumbing is
+gst_ros.lifecycle.GstNode): configure loads the model and creates the ROS entities, activate starts
+processing, deactivate pauses it, cleanup frees the model.
 With `autostart` (default) `main()` / gst_ros.run drive configure+activate themselves, because the
 pip setup has no lifecycle manager or `ros2 lifecycle`; a failed configure (missing model) exits 1.
 
@@ -26,8 +27,6 @@ import time
 
 from geometry_msgs.msg import PoseWithCovarianceStamped, TransformStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
@@ -35,9 +34,9 @@ from diagnostic_msgs.msg import DiagnosticArray
 
 from gst_ros import common, conversions as conv
 from gst_ros.common import ParamSpec, param
+from gst_ros.lifecycle import GstNode
 from gst_ros.msg import PoseEstimate
 from gst_ros.srv import EstimatePose, SetReference
-from gst_ros.worker import LatestWorker, Stats
 
 PARAMS = common.MODEL_PARAMS + (
     ParamSpec("num_samples", 8, "pose samples per estimate (the covariance comes from their spread)", 1, 256),
@@ -54,29 +53,13 @@ PARAMS = common.MODEL_PARAMS + (
 FOV_WARN_DEG = 5.0  # camera vs model field of view mismatch worth a diagnostics warning
 
 
-class LocalizeNode(LifecycleNode):
+class LocalizeNode(GstNode):
     def __init__(self, **kwargs):
-        super().__init__("localize", **kwargs)
-        self.configured = False  # read by the parameter validation (configure-only parameters)
-        common.declare(self, PARAMS)
-        self._model_lock = threading.Lock()  # worker and ~/estimate_pose share one pipeline
+        super().__init__("localize", PARAMS, "localize-worker", **kwargs)
         self._ref_lock = threading.Lock()
-        self._pipeline = None
-        self._worker = None
-        self._active = False
-        self._entities = []
 
     # ----------------------------------------------------------------------------- lifecycle
-    def on_configure(self, state) -> TransitionCallbackReturn:
-        try:
-            self._pipeline = common.load_pipeline(self)
-        except Exception as exc:  # any load failure: the message is the cause, the state stays unconfigured
-            self.get_logger().fatal(f"cannot load model (model_path={param(self, 'model_path')!r}, "
-                                    f"backend={param(self, 'backend')}): {type(exc).__name__}: {exc}")
-            return TransitionCallbackReturn.FAILURE
-        self._stats = Stats()
-        self._reported_errors = 0
-        self._latest = None  # latest Image message (for set_reference with use_latest_frame)
+    def _configure(self) -> list:
         self._reference = None  # (rgb array, stamp)
         self._reference_id = 0
         self._low_consistency = 0
@@ -86,64 +69,19 @@ class LocalizeNode(LifecycleNode):
         self._tf_pub = self.create_lifecycle_publisher(TFMessage, "/tf", 100)
         self._pose_pub = self.create_lifecycle_publisher(PoseWithCovarianceStamped, "~/pose", 10)
         self._est_pub = self.create_lifecycle_publisher(PoseEstimate, "~/estimate", 10)
-        # diagnostics also report while inactive, so they are a plain publisher
-        diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        # (destroy function, entity) so cleanup can undo configure exactly
-        self._entities = [(self.destroy_lifecycle_publisher, p) for p in (self._tf_pub, self._pose_pub, self._est_pub)]
-        self._entities += [
-            (self.destroy_publisher, diag_pub),
-            (self.destroy_subscription, self.create_subscription(Image, "image", self._on_image,
-                                                                 common.image_qos(self))),
+        entities = [(self.destroy_lifecycle_publisher, p) for p in (self._tf_pub, self._pose_pub, self._est_pub)]
+        return entities + [
             (self.destroy_service, self.create_service(SetReference, "~/set_reference", self._on_set_reference)),
             (self.destroy_service, self.create_service(EstimatePose, "~/estimate_pose", self._on_estimate_pose,
                                                        callback_group=model_group, qos_profile=common.SERVICE_QOS)),
-            (self.destroy_timer, self.create_timer(1.0, lambda: diag_pub.publish(self._diagnostics()))),
         ]
-        if param(self, "use_camera_info"):
-            info_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
-                                  durability=DurabilityPolicy.VOLATILE)
-            self._entities.append((self.destroy_subscription, self.create_subscription(
-                CameraInfo, "camera_info", self._on_camera_info, info_qos)))
-        self._worker = LatestWorker(self._process, "localize-worker", lambda: common.min_period_s(self))
-        self.configured = True
-        self.get_logger().info(f"configured: model {param(self, 'model_path') or 'default'} on "
-                               f"{param(self, 'backend')}/{param(self, 'device')}, image topic "
-                               f"{self.resolve_topic_name('image')}")
-        return TransitionCallbackReturn.SUCCESS
 
-    def on_activate(self, state) -> TransitionCallbackReturn:
-        self._active = True
-        return super().on_activate(state)
-
-    def on_deactivate(self, state) -> TransitionCallbackReturn:
-        self._active = False
-        return super().on_deactivate(state)
-
-    def on_cleanup(self, state) -> TransitionCallbackReturn:
-        self.release()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_shutdown(self, state) -> TransitionCallbackReturn:
-        self._active = False
-        self.release()
-        return TransitionCallbackReturn.SUCCESS
-
-    def release(self) -> None:
-        """Stop the worker, destroy what configure created and drop the model (idempotent)."""
-        if self._worker is not None:
-            self._worker.stop()
-            self._worker = None
-        for destroy, entity in self._entities:
-            destroy(entity)
-        self._entities = []
-        self._pipeline = None
-        self.configured = False
+    def _configured_message(self) -> str:
+        return f"{super()._configured_message()}, image topic {self.resolve_topic_name('image')}"
 
     # ------------------------------------------------------------------------------ inputs
     def _on_image(self, msg: Image) -> None:
-        # executor thread: no conversion, no model; the worker picks the newest message
-        self._stats.count_received()
-        self._latest = msg
+        super()._on_image(msg)  # also kept for set_reference with use_latest_frame
         if self._active:
             self._worker.submit((msg, time.monotonic()))
 
@@ -152,10 +90,6 @@ class LocalizeNode(LifecycleNode):
             self._camera_fov = conv.fovy_deg(conv.camera_info_to_k(msg), msg.height)
         except ValueError as exc:
             self._error(f"camera_info: {exc}")
-
-    def _error(self, message: str) -> None:
-        self._stats.record_error(message)
-        self.get_logger().warning(message, throttle_duration_sec=5.0)
 
     def _set_reference(self, rgb, stamp) -> int:
         with self._ref_lock:
@@ -253,9 +187,7 @@ class LocalizeNode(LifecycleNode):
 
     # -------------------------------------------------------------------------- diagnostics
     def _diagnostics(self) -> DiagnosticArray:
-        snap = self._stats.snapshot()
-        snap["new_errors"] = snap["errors"] > self._reported_errors
-        self._reported_errors = snap["errors"]
+        snap = self._snapshot()
         warn = ""
         if not self._active:
             warn = "inactive"

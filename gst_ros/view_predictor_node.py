@@ -1,6 +1,7 @@
 """`view_predictor`: what the camera would see from another pose, as a service and as topics.
 
-Lifecycle as in localize_node (configure loads the model; `autostart` drives it without a manager).
+Lifecycle as in localize_node (gst_ros.lifecycle.GstNode; configure loads the model; `autostart` drives
+it without a manager).
 
 Subscribes  image (sensor_msgs/Image): the latest observation; camera_info (optional): intrinsics
             ~/query_pose (geometry_msgs/PoseStamped): target pose in the observation's optical frame
@@ -19,22 +20,19 @@ from __future__ import annotations
 
 import math
 import sys
-import threading
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from gst_model.image import crop_resize_intrinsics
 from gst_ros import common, conversions as conv
 from gst_ros.common import ParamSpec, param
+from gst_ros.lifecycle import GstNode
 from gst_ros.srv import PredictView
-from gst_ros.worker import LatestWorker, Stats
 
 PARAMS = common.MODEL_PARAMS + (
     ParamSpec("num_samples", 1, "images per request when the request says 0", 1, 256),
@@ -45,95 +43,29 @@ PARAMS = common.MODEL_PARAMS + (
 )
 
 
-class ViewPredictorNode(LifecycleNode):
+class ViewPredictorNode(GstNode):
     def __init__(self, **kwargs):
-        super().__init__("view_predictor", **kwargs)
-        self.configured = False
-        common.declare(self, PARAMS)
-        self._model_lock = threading.Lock()
-        self._pipeline = None
-        self._worker = None
-        self._active = False
-        self._entities = []
+        super().__init__("view_predictor", PARAMS, "view-predictor-worker", **kwargs)
 
     # ----------------------------------------------------------------------------- lifecycle
-    def on_configure(self, state) -> TransitionCallbackReturn:
-        try:
-            self._pipeline = common.load_pipeline(self)
-        except Exception as exc:  # any load failure: the message is the cause, the state stays unconfigured
-            self.get_logger().fatal(f"cannot load model (model_path={param(self, 'model_path')!r}, "
-                                    f"backend={param(self, 'backend')}): {type(exc).__name__}: {exc}")
-            return TransitionCallbackReturn.FAILURE
-        self._stats = Stats()
-        self._reported_errors = 0
-        self._latest = None  # latest Image message
+    def _configure(self) -> list:
         self._camera_info = None
         model_group = MutuallyExclusiveCallbackGroup()
         self._image_pub = self.create_lifecycle_publisher(Image, "~/predicted_image", 10)
-        diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._entities = [
+        return [
             (self.destroy_lifecycle_publisher, self._image_pub),
-            (self.destroy_publisher, diag_pub),
-            (self.destroy_subscription, self.create_subscription(Image, "image", self._on_image,
-                                                                 common.image_qos(self))),
             (self.destroy_subscription, self.create_subscription(PoseStamped, "~/query_pose", self._on_query, 10)),
             (self.destroy_service, self.create_service(PredictView, "~/predict_view", self._on_predict_view,
                                                        callback_group=model_group, qos_profile=common.SERVICE_QOS)),
-            (self.destroy_timer, self.create_timer(1.0, lambda: diag_pub.publish(self._diagnostics()))),
         ]
-        if param(self, "use_camera_info"):
-            info_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
-            self._entities.append((self.destroy_subscription, self.create_subscription(
-                CameraInfo, "camera_info", self._on_camera_info, info_qos)))
-        self._worker = LatestWorker(self._process_query, "view-predictor-worker", lambda: common.min_period_s(self))
-        self.configured = True
-        self.get_logger().info(f"configured: model {param(self, 'model_path') or 'default'} on "
-                               f"{param(self, 'backend')}/{param(self, 'device')}")
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_activate(self, state) -> TransitionCallbackReturn:
-        self._active = True
-        return super().on_activate(state)
-
-    def on_deactivate(self, state) -> TransitionCallbackReturn:
-        self._active = False
-        return super().on_deactivate(state)
-
-    def on_cleanup(self, state) -> TransitionCallbackReturn:
-        self.release()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_shutdown(self, state) -> TransitionCallbackReturn:
-        self._active = False
-        self.release()
-        return TransitionCallbackReturn.SUCCESS
-
-    def release(self) -> None:
-        """Stop the worker, destroy what configure created and drop the model (idempotent)."""
-        if self._worker is not None:
-            self._worker.stop()
-            self._worker = None
-        for destroy, entity in self._entities:
-            destroy(entity)
-        self._entities = []
-        self._pipeline = None
-        self.configured = False
 
     # ------------------------------------------------------------------------------ inputs
-    def _on_image(self, msg: Image) -> None:
-        self._stats.count_received()
-        self._latest = msg  # converted only when used
-
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._camera_info = msg
 
     def _on_query(self, msg: PoseStamped) -> None:
         if self._active:
             self._worker.submit((msg, time.monotonic()))
-
-    def _error(self, message: str) -> None:
-        self._stats.record_error(message)
-        self.get_logger().warning(message, throttle_duration_sec=5.0)
 
     def _intrinsics(self, image_msg: Image):
         """Camera K on the model's output grid, or None (model default) without usable camera_info."""
@@ -156,7 +88,7 @@ class ViewPredictorNode(LifecycleNode):
         return f"no image received yet on {self.resolve_topic_name('image')}"
 
     # ------------------------------------------------------------------------------ topic path
-    def _process_query(self, item) -> None:
+    def _process(self, item) -> None:
         query, received = item
         if self._latest is None:
             self._error(f"query_pose: {self._no_image()}")
@@ -202,9 +134,7 @@ class ViewPredictorNode(LifecycleNode):
 
     # -------------------------------------------------------------------------- diagnostics
     def _diagnostics(self) -> DiagnosticArray:
-        snap = self._stats.snapshot()
-        snap["new_errors"] = snap["errors"] > self._reported_errors
-        self._reported_errors = snap["errors"]
+        snap = self._snapshot()
         warn = "inactive" if not self._active else ("waiting for the first image" if self._latest is None else "")
         extra = {"dropped_queries": self._worker.dropped if self._worker else 0,
                  "camera_info": "yes" if self._camera_info is not None else "no"}
