@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -204,7 +203,9 @@ def worker(preset: str, path: str, model_dir: str, quick: bool) -> dict:
         result["pose16_s"] = _best(lambda: pose(16), 1)
         result["view_s"] = _best(view_fn, 1 if quick else 2)
         result["extrapolated"] = False
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM is this process image's own peak; ru_maxrss would carry the parent's peak across exec.
+    result["peak_rss_mb"] = next(int(l.split()[1]) / 1024 for l in open("/proc/self/status")
+                                 if l.startswith("VmHWM"))
     return result
 
 
