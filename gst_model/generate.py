@@ -66,11 +66,19 @@ def _guided_last_logits(model: Transformer, tokens: torch.Tensor, input_pos: tor
 
 
 def prefill(model: Transformer, prompt: torch.Tensor, input_pos: torch.Tensor, *,
-            cfg_scale: float = 1.0, **sampling) -> torch.Tensor:
-    """Fill the cache with prompt [B, P] at input_pos [P]; return the first new token [B]."""
+            cfg_scale: float = 1.0, copies: int = 1, **sampling) -> torch.Tensor:
+    """Fill the cache with prompt [B, P] at input_pos [P]; return the first new token [B * copies].
+
+    With copies > 1 every prompt row stands for `copies` hypotheses: the prompt is run once and its
+    cache rows are replicated, so N samples of one query cost one prefill instead of N.
+    """
     if cfg_scale > 1.0:
         prompt = torch.cat([prompt, torch.zeros_like(prompt)])
-    return sample_from_logits(_guided_last_logits(model, prompt, input_pos, cfg_scale), **sampling)
+    logits = _guided_last_logits(model, prompt, input_pos, cfg_scale)
+    if copies > 1:
+        model.replicate_cache_rows(prompt.shape[0], copies)
+        logits = logits.repeat_interleave(copies, dim=0)
+    return sample_from_logits(logits, **sampling)
 
 
 def decode_one_token(model: Transformer, token: torch.Tensor, input_pos: torch.Tensor, *,
@@ -147,7 +155,10 @@ def generate(
     try:
         device = prompt.device
         input_pos = torch.arange(start_pos, start_pos + plen, device=device)
-        first = prefill(model, prompt, input_pos, cfg_scale=cfg_scale, allowed=schedule[0], **sampling)
+        # N hypotheses of one query share the prompt: prefill it once.
+        copies = batch if batch > 1 and bool((prompt == prompt[:1]).all()) else 1
+        first = prefill(model, prompt[: batch // copies], input_pos, cfg_scale=cfg_scale, copies=copies,
+                        allowed=schedule[0], **sampling)
         rest = decode_n_tokens(model, first, input_pos[-1:] + 1, num_new_tokens - 1,
                                cfg_scale=cfg_scale, allowed_per_step=schedule[1:], **sampling)
         return torch.cat([first[:, None], rest], dim=1)

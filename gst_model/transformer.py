@@ -275,6 +275,14 @@ class Transformer(nn.Module):
             layer.attention.kv_cache = KVCache(max_batch_size, max_seq_length, self.config.n_head,
                                                self.config.head_dim, dtype or weight.dtype, weight.device)
 
+    def replicate_cache_rows(self, rows: int, copies: int):
+        """Cache rows [0, rows) become rows [0, rows * copies), each row repeated `copies` times in place
+        (row r -> rows r*copies .. r*copies + copies - 1; this keeps the [cond..., uncond...] halves of CFG)."""
+        for layer in self.layers:
+            cache = layer.attention.kv_cache
+            for buf in (cache.k_cache, cache.v_cache):
+                buf[: rows * copies] = buf[:rows].repeat_interleave(copies, dim=0)
+
     def clear_caches(self):
         for layer in self.layers:
             layer.attention.kv_cache = None
