@@ -71,7 +71,8 @@ def run(config_path: str, steps: list[str]) -> None:
         evaluate.main(["--model", str(out), "--data", cfg["pairs"]["root"], "--split", "test",
                        "--pairs", str(ev["pairs"]), "--num-samples", str(ev["num_samples"]),
                        "--seed", str(ev["seed"]), "--image-size", str(cfg["pairs"]["image_size"]),
-                       "--max-rot", str(cfg["pairs"]["max_rot_deg"]), "--out", str(out / "evaluation")])
+                       "--max-rot", str(cfg["pairs"]["max_rot_deg"]), "--threads", str(cfg.get("threads", 0)),
+                       "--out", str(out / "evaluation")])
 
 
 def assemble(cfg: dict, paths: dict[str, Path], out: Path) -> Path:
