@@ -139,7 +139,8 @@ def start_nodes(model: str, env: dict, extra_params: list[str]) -> subprocess.Po
 
 
 def stop_process(proc: subprocess.Popen, log_lines: list[str]) -> None:
-    for sig, wait in ((signal.SIGINT, 15), (signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+    # SIGINT waits for an estimate in progress to finish, which can take a while on a loaded machine
+    for sig, wait in ((signal.SIGINT, 60), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
         if proc.poll() is not None:
             break
         os.killpg(proc.pid, sig)
