@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import torch
@@ -98,6 +99,11 @@ def assemble(cfg: dict, paths: dict[str, Path], out: Path) -> Path:
     }
     bundle = ModelBundle(transformer, image_vq, camera_vq, ViewSpec(**cfg["view"]), metadata)
     save_bundle(bundle, out)
+    # The training record ships with the weights: loss curves and logs of every part.
+    for part in ("camera_tokenizer", "image_tokenizer", "gst"):
+        (out / "training").mkdir(exist_ok=True)
+        for name in ("train_curves.png", "train_log.csv"):
+            shutil.copyfile(paths[part] / name, out / "training" / f"{part}_{name}")
     log.info("wrote %s", out)
     return out
 
