@@ -23,15 +23,6 @@ from gst_model.runtime.trt_runtime import (
 STATIC_BATCH = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    # Tiny graphs on a shared 2-core box run faster without intra-op threads fighting each other.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def bundle():
     torch.manual_seed(0)
