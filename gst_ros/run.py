@@ -9,8 +9,8 @@ The same node classes and the same YAML as launch/localize.launch.py; `ros2 run 
 --remap become ordinary ROS arguments (--params-file, -r), so rcl applies the YAML (including its
 `/**` section) and the remaps exactly as `ros2 run` would; --param values are explicit overrides
 that win over the YAML. Nodes are configured and activated here when their `autostart` parameter is
-true. A MultiThreadedExecutor runs everything; SIGINT/SIGTERM shut the
-context down (rclpy's signal handlers), after which workers are stopped and nodes destroyed.
+true. A MultiThreadedExecutor runs everything; SIGINT/SIGTERM end the
+spin loop (our own handlers set a stop flag), after which workers are stopped and nodes destroyed.
 
 Exit status: 0 after a clean shutdown, 1 if a node fails to configure (e.g. missing model),
 2 on bad command-line arguments or parameter overrides.
@@ -18,7 +18,9 @@ Exit status: 0 after a clean shutdown, 1 if a node fails to configure (e.g. miss
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import rclpy
@@ -28,6 +30,7 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
+from rclpy.signals import SignalHandlerOptions
 
 EXECUTOR_THREADS = 4  # image callbacks, diagnostics, and one model callback group per node
 
@@ -51,7 +54,11 @@ def run_nodes(node_classes, argv: list[str], overrides: list[Parameter] = ()) ->
     `overrides` win over the YAML (rcl would let a node-specific YAML entry beat a global `-p`).
     """
     context = Context()
-    rclpy.init(args=argv, context=context)
+    # Our own SIGINT/SIGTERM handling: with rclpy's handlers a blocking spin() was seen to miss the
+    # shutdown now and then (the process had to be killed); a stop flag polled by spin_once cannot.
+    rclpy.init(args=argv, context=context, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     logger = rclpy.logging.get_logger("gst_ros.run")
     nodes, executor = [], None
     try:
@@ -71,10 +78,13 @@ def run_nodes(node_classes, argv: list[str], overrides: list[Parameter] = ()) ->
         for node in nodes:
             executor.add_node(node)
         logger.info(f"running {', '.join(n.get_fully_qualified_name() for n in nodes)}")
-        executor.spin()
+        while not stop.is_set() and context.ok():
+            executor.spin_once(timeout_sec=0.2)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         for node in nodes:
             node.release()
         if executor is not None:
