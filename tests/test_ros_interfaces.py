@@ -222,16 +222,17 @@ def test_two_process_pubsub(ros_context):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20.0
-        while len(got) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        remote = []  # looked up while the publisher is alive: it exits after its last message
+        while (len(got) < 2 or not remote) and time.monotonic() < deadline and proc.poll() is None:
             executor.spin_once(timeout_sec=0.05)
+            remote = remote or [i for i in node.get_publishers_info_by_topic("/tf")
+                                if i.node_name == "gst_test_talker"]
         if len(got) < 2:
             _stop(proc)
             out, err = proc.communicate(timeout=5)
             pytest.fail(f"received only {sorted(got)} from the publisher process "
                         f"(rc={proc.returncode}); stdout={out[-500:]!r} stderr={err[-2000:]!r}")
         # the remote publisher's type hash on /tf is the official one
-        remote = [i for i in node.get_publishers_info_by_topic("/tf")
-                  if i.node_name == "gst_test_talker"]
         assert remote and str(remote[0].topic_type_hash) == TF_MESSAGE_HASH
     finally:
         _stop(proc)
