@@ -39,7 +39,7 @@ from gst_model.data.cameras import fov_to_K, relative_pose
 from gst_model.data.formats import Scene, View, scene_scale
 from gst_model.data.make_synthetic import assign_splits
 from gst_model.data.synthetic import random_scene, render, sample_cameras
-from gst_model.pose_samples import rotation_log
+from gst_model.pose_samples import angle_between_deg, rotation_log
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_TOPIC, INFO_TOPIC = "/demo/camera/image_raw", "/demo/camera/camera_info"
@@ -97,7 +97,7 @@ def interpolated_path(views: np.ndarray, frames: int, target_deg: float) -> np.n
     training distribution; rotation is interpolated on SO(3), the centre linearly.
     """
     pairs = [(a, b) for a in range(len(views)) for b in range(len(views)) if a != b]
-    a, b = min(pairs, key=lambda p: abs(rotation_error_deg(views[p[0]][:3, :3], views[p[1]][:3, :3]) - target_deg))
+    a, b = min(pairs, key=lambda p: abs(angle_between_deg(views[p[0]][:3, :3], views[p[1]][:3, :3]) - target_deg))
     start, end = views[a], views[b]
     rotvec = rotation_log(start[:3, :3].T @ end[:3, :3])
     angle = float(np.linalg.norm(rotvec))
@@ -109,11 +109,6 @@ def interpolated_path(views: np.ndarray, frames: int, target_deg: float) -> np.n
         c2w[:3, 3] = (1.0 - s) * start[:3, 3] + s * end[:3, 3]
         path.append(c2w)
     return np.stack(path)
-
-
-def rotation_error_deg(R_a: np.ndarray, R_b: np.ndarray) -> float:
-    cos = (np.trace(R_a.T @ R_b) - 1.0) / 2.0
-    return math.degrees(math.acos(min(1.0, max(-1.0, cos))))
 
 
 def direction_error_deg(t_a: np.ndarray, t_b: np.ndarray) -> float:
@@ -263,12 +258,12 @@ def summarize(scene: DemoScene, record: Record, queries: list, model_size: int) 
     for f in frames:
         est, _, latency_ms, recv = record.estimates[f]
         gt = relative_pose(scene.c2w[0], scene.c2w[f])
-        rot_err.append(rotation_error_deg(est[:3, :3], gt[:3, :3]))
+        rot_err.append(angle_between_deg(est[:3, :3], gt[:3, :3]))
         dir_err.append(direction_error_deg(est[:3, 3], gt[:3, 3]))
         t_est.append(est[:3, 3] * scene.scale)
         t_gt.append(gt[:3, 3])
         lat.append((latency_ms, (recv - record.published_s.get(f, recv)) * 1000.0))
-    identity_err = [rotation_error_deg(np.eye(3), relative_pose(scene.c2w[0], scene.c2w[f])[:3, :3]) for f in frames]
+    identity_err = [angle_between_deg(np.eye(3), relative_pose(scene.c2w[0], scene.c2w[f])[:3, :3]) for f in frames]
     view_scores = []
     for q in queries:
         truth, copy = _square(scene.frames[q["frame"]], model_size), _square(scene.frames[0], model_size)
