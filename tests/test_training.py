@@ -115,3 +115,61 @@ def test_config_rejects_unknown_keys(tmp_path):
         load_config(train_gst.GSTTrainConfig, None, ["not_a_field=1"])
     with pytest.raises(ValueError, match="unknown OptimConfig keys"):
         load_config(train_gst.GSTTrainConfig, None, ["optim.lrr=1"])
+
+
+def test_gst_log_reports_whether_the_pose_reads_the_images(built):
+    _, cfg = built
+    import csv
+    rows = list(csv.DictReader(open(Path(cfg["runs"]) / "gst" / "train_log.csv")))
+    last = rows[-1]
+    for key in ("val_view", "val_pose", "val_camera", "val_camera_mismatched"):
+        assert np.isfinite(float(last[key])), key
+
+
+def test_camera_loss_weight_touches_only_pose_camera_tokens():
+    from gst_model.transformer import GSTConfig, Transformer
+
+    T = 4
+    tasks = np.array([0, 1, 1])
+    w = train_gst.loss_weights(tasks, T, 5.0)
+    assert w.shape == (3, 2 * T)
+    assert (w[0] == 1).all() and (w[1:, :T] == 1).all() and (w[1:, T:] == 5).all()
+    torch.manual_seed(0)
+    model = Transformer(GSTConfig.from_preset("tiny", vocab_size=12, grid_size=2)).eval()
+    seq = torch.randint(0, 10, (3, 3 * T + 1))
+    with torch.no_grad():
+        per_token = train_gst.token_losses(model, seq, T)
+        assert train_gst.sequence_loss(model, seq, T) == pytest.approx(per_token.mean().item(), rel=1e-6)
+        assert train_gst.sequence_loss(model, seq, T, torch.ones(3, 2 * T)) == pytest.approx(
+            per_token.mean().item(), rel=1e-6)
+        expected = (per_token * w).sum() / w.sum()
+        assert train_gst.sequence_loss(model, seq, T, w) == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_dead_code_restart_reseeds_unused_rows_at_current_latents():
+    import torch.nn.functional as F
+    from gst_model.tokenizer import VQModel
+    from training.train_tokenizer import DeadCodeRestarter
+
+    torch.manual_seed(0)
+    model = VQModel.from_preset("image-small")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    rec, enc = model(x)
+    (F.mse_loss(rec, x) + enc.loss).backward()
+    opt.step()
+    weight = model.quantize.embedding.weight
+    before = weight.detach().clone()
+    restarter = DeadCodeRestarter(model, opt, threshold=0.03)
+    for _ in range(100):
+        restarter.observe(enc)
+    live = torch.zeros(len(weight), dtype=torch.bool)
+    live[enc.indices.unique()] = True
+    restarted = restarter.restart(enc, np.random.default_rng(0))
+    assert restarted == int((~live).sum()) > 0
+    assert torch.equal(weight[live], before[live])
+    latents = F.normalize(enc.prequant.detach().permute(0, 2, 3, 1).reshape(-1, weight.size(1)), dim=-1)
+    cosine = F.normalize(weight[~live].detach(), dim=-1) @ latents.T
+    assert (cosine.max(dim=1).values > 0.99).all()  # each re-seeded row sits on a latent of the batch
+    assert (opt.state[weight]["exp_avg"][~live] == 0).all()
+    assert restarter.restart(enc, np.random.default_rng(0)) == 0  # re-seeded rows get a fresh grace period

@@ -45,6 +45,10 @@ class GSTTrainConfig:
     objective: str = "joint"  # joint: both layouts in every batch; alternating: one layout per step
     pose_fraction: float = 0.5  # share of pose-estimation sequences in a joint batch
     cond_dropout: float = 0.05
+    # Loss weight of the camera tokens of pose-estimation sequences (1 = plain mean over tokens). The
+    # relative pose is decided by the first few camera tokens; the rest follow from them and from the
+    # smooth ray map, so without extra weight the pose signal is a small share of the loss.
+    camera_loss_weight: float = 1.0
     batch_size: int = 32  # sequences per micro-batch per process
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema_decay: float = 0.0  # 0 disables EMA
@@ -75,13 +79,27 @@ def build_sequences(tokens: TokenCache, pair_idx: np.ndarray, tasks: np.ndarray,
     return torch.from_numpy(seq)
 
 
-def sequence_loss(model: torch.nn.Module, seq: torch.Tensor, tokens_per_view: int) -> torch.Tensor:
-    """Mean next-token cross-entropy over every token after the observation and task token."""
+def token_losses(model: torch.nn.Module, seq: torch.Tensor, tokens_per_view: int) -> torch.Tensor:
+    """[B, 2T] next-token cross-entropy of every token after the observation and task token."""
     logits = model(seq[:, :-1])
-    targets = seq[:, 1:]
     first = tokens_per_view  # logits at the task-token slot predict the first generated token
-    return F.cross_entropy(logits[:, first:].reshape(-1, logits.size(-1)).float(),
-                           targets[:, first:].reshape(-1))
+    return F.cross_entropy(logits[:, first:].float().transpose(1, 2), seq[:, 1 + first:], reduction="none")
+
+
+def loss_weights(tasks: np.ndarray, tokens_per_view: int, camera_loss_weight: float) -> torch.Tensor:
+    """[B, 2T] weights: `camera_loss_weight` on the camera segment of pose sequences, 1 elsewhere."""
+    weights = np.ones((len(tasks), 2 * tokens_per_view), np.float32)
+    weights[tasks == 1, tokens_per_view:] = camera_loss_weight
+    return torch.from_numpy(weights)
+
+
+def sequence_loss(model: torch.nn.Module, seq: torch.Tensor, tokens_per_view: int,
+                  weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean (or weighted mean) next-token cross-entropy over every token after the prompt."""
+    losses = token_losses(model, seq, tokens_per_view)
+    if weights is None:
+        return losses.mean()
+    return (losses * weights).sum() / weights.sum()
 
 
 def sample_tasks(cfg: GSTTrainConfig, step: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -94,20 +112,29 @@ def sample_tasks(cfg: GSTTrainConfig, step: int, n: int, rng: np.random.Generato
 
 @torch.no_grad()
 def evaluate(model, tokens: TokenCache, vocab: Vocabulary, cfg: GSTTrainConfig, device) -> dict[str, float]:
-    """Validation loss per layout on a fixed set of pairs (same pairs every time)."""
+    """Validation losses on a fixed set of pairs (same pairs every time).
+
+    val_view / val_pose: mean loss per layout. val_camera: loss of the camera tokens of pose sequences;
+    val_camera_mismatched: the same with the target image taken from another pair. Their gap is what the
+    model reads from the image pair: zero while it only knows the marginal distribution of poses.
+    """
     model.eval()
     rng = np.random.default_rng(1234)
-    out = {}
-    for task in (Task.VIEW, Task.POSE):
-        losses = []
-        for _ in range(cfg.eval_batches):
-            idx = rng.integers(0, len(tokens.pairs), cfg.batch_size)
+    T = vocab.tokens_per_view
+    sums = {"val_view": [], "val_pose": [], "val_camera": [], "val_camera_mismatched": []}
+    for _ in range(cfg.eval_batches):
+        idx = rng.integers(0, len(tokens.pairs), cfg.batch_size)
+        for task in (Task.VIEW, Task.POSE):
             tasks = np.full(len(idx), 1 if task is Task.POSE else 0)
             seq = build_sequences(tokens, idx, tasks, vocab, 0.0, rng).to(device)
-            losses.append(sequence_loss(model, seq, vocab.tokens_per_view).item())
-        out[f"val_{task.value}"] = float(np.mean(losses))
+            losses = token_losses(model, seq, T)
+            sums[f"val_{task.value}"].append(losses.mean().item())
+            if task is Task.POSE:
+                sums["val_camera"].append(losses[:, T:].mean().item())
+                seq[:, T + 1: 2 * T + 1] = seq[:, T + 1: 2 * T + 1].roll(1, dims=0)  # another pair's target
+                sums["val_camera_mismatched"].append(token_losses(model, seq, T)[:, T:].mean().item())
     model.train()
-    return out
+    return {k: float(np.mean(v)) for k, v in sums.items()}
 
 
 def main(cfg: GSTTrainConfig) -> Path:
@@ -133,7 +160,8 @@ def main(cfg: GSTTrainConfig) -> Path:
             ema.shadow = {k: v.float() for k, v in load_file(str(out / "last" / "transformer.ema.safetensors")).items()}
         log.info("resumed from %s at step %d", out / "last", start)
     ddp_model = DDP(model) if dist_info.world_size > 1 else model
-    csv = CsvLog(out / "train_log.csv", ["loss", "grad_norm", "lr", "val_view", "val_pose"]) if dist_info.is_main else None
+    csv = CsvLog(out / "train_log.csv", ["loss", "grad_norm", "lr", "val_view", "val_pose", "val_camera",
+                                         "val_camera_mismatched"]) if dist_info.is_main else None
     # Per-step generator: a resumed run draws exactly the batches the uninterrupted run would have.
     log.info("model %s: %.2fM parameters; %d train pairs, %d val pairs", cfg.preset,
              model.num_parameters() / 1e6, len(train.pairs), len(val.pairs))
@@ -148,10 +176,11 @@ def main(cfg: GSTTrainConfig) -> Path:
         for micro in range(cfg.optim.grad_accum):
             rng = np.random.default_rng([cfg.seed, dist_info.rank, step, micro])
             idx = rng.integers(0, len(train.pairs), cfg.batch_size)
-            seq = build_sequences(train, idx, sample_tasks(cfg, step, len(idx), rng), vocab,
-                                  cfg.cond_dropout, rng).to(device)
+            tasks = sample_tasks(cfg, step, len(idx), rng)
+            seq = build_sequences(train, idx, tasks, vocab, cfg.cond_dropout, rng).to(device)
+            weights = loss_weights(tasks, vocab.tokens_per_view, cfg.camera_loss_weight).to(device)
             with autocast_context(device):
-                loss = sequence_loss(ddp_model, seq, vocab.tokens_per_view) / cfg.optim.grad_accum
+                loss = sequence_loss(ddp_model, seq, vocab.tokens_per_view, weights) / cfg.optim.grad_accum
             loss.backward()
             total += loss.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)

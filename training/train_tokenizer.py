@@ -46,6 +46,9 @@ class TokenizerTrainConfig:
     perceptual_weight: float = 0.0  # LPIPS (image only); needs the offline weights (training.lpips)
     gan_weight: float = 0.0  # hinge GAN (image only)
     gan_start: int = 1000
+    # Re-seed codebook rows unused for a while (0 = off); collapse leaves the transformer few distinct tokens.
+    restart_dead_codes_every: int = 0
+    dead_code_threshold: float = 0.03  # a row is dead below this running count of picks per batch
     eval_every: int = 250
     save_every: int = 500
     seed: int = 0
@@ -70,6 +73,45 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+class DeadCodeRestarter:
+    """Moves codebook rows that no latent has picked for a while onto current encoder outputs.
+
+    Codebooks trained by straight-through VQ tend to collapse onto a few rows; rows that never win
+    get no gradient and stay dead. Re-seeding them at latents of the current batch (the standard
+    remedy) keeps usage high; their Adam moments are cleared so stale momentum does not drag them back.
+    """
+
+    def __init__(self, model: VQModel, optimizer: torch.optim.Optimizer, threshold: float, decay: float = 0.95):
+        self.quantizer = model.quantize
+        self.optimizer = optimizer
+        self.threshold = threshold
+        self.decay = decay
+        self.counts = torch.ones(self.quantizer.codebook_size)  # optimistic start: nothing dead before evidence
+
+    def observe(self, enc) -> None:
+        batch = torch.bincount(enc.indices.flatten().cpu(), minlength=self.quantizer.codebook_size).float()
+        self.counts.mul_(self.decay).add_(batch, alpha=1 - self.decay)
+
+    @torch.no_grad()
+    def restart(self, enc, rng: np.random.Generator) -> int:
+        dead = torch.nonzero(self.counts < self.threshold).flatten()
+        if len(dead) == 0:
+            return 0
+        latents = enc.prequant.detach().permute(0, 2, 3, 1).reshape(-1, enc.prequant.size(1))
+        if self.quantizer.l2_norm:
+            latents = F.normalize(latents, dim=-1)
+        pick = torch.from_numpy(rng.integers(0, len(latents), len(dead)))
+        weight = self.quantizer.embedding.weight
+        weight[dead.to(weight.device)] = latents[pick.to(latents.device)] + 0.01 * latents.std() * torch.randn(
+            len(dead), latents.size(1), device=latents.device)
+        state = self.optimizer.state.get(weight, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                state[key][dead.to(weight.device)] = 0
+        self.counts[dead] = 1.0
+        return len(dead)
 
 
 class RaySource:
@@ -139,8 +181,10 @@ def main(cfg: TokenizerTrainConfig) -> Path:
     if cfg.resume and (out / "last" / "trainer_state.pt").exists():
         start, _ = load_training_state(out / "last", {"tokenizer": model}, optimizer)
         log.info("resumed at step %d", start)
+    restarter = (DeadCodeRestarter(model, optimizer, cfg.dead_code_threshold)
+                 if cfg.restart_dead_codes_every > 0 else None)
     csv = CsvLog(out / "train_log.csv", ["loss", "loss_rec", "loss_vq", "loss_lpips", "loss_gan", "usage",
-                                         "val_rec", "rot_err_deg", "centre_err"])
+                                         "val_rec", "rot_err_deg", "centre_err", "restarted"])
     val_batch = val.batch(np.random.default_rng(99), 128).to(device)
     log.info("%s tokenizer %s: %.2fM params, grid %s", cfg.kind, cfg.preset, model.num_parameters() / 1e6,
              model.latent_grid(cfg.size))
@@ -167,6 +211,10 @@ def main(cfg: TokenizerTrainConfig) -> Path:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
+        if restarter is not None:
+            restarter.observe(enc)
+            if (step + 1) % cfg.restart_dead_codes_every == 0 and step + 1 < cfg.optim.max_steps * 0.9:
+                terms["restarted"] = torch.tensor(float(restarter.restart(enc, rng)))
         if use_gan:
             d_loss = F.relu(1 - disc(x)).mean() + F.relu(1 + disc(rec.detach())).mean()
             disc_opt.zero_grad(set_to_none=True)
@@ -186,7 +234,7 @@ def main(cfg: TokenizerTrainConfig) -> Path:
             log.info("step %d loss %.4f %s (%.0f s)", done, loss.item(), metrics, time.time() - t0)
         if done % 10 == 0 or metrics:
             csv.write(done, loss=loss.item(), loss_rec=loss_rec.item(), loss_vq=loss_vq.item(),
-                      **{k: float(v) for k, v in terms.items()}, **metrics)
+                      **{k: float(v.detach()) for k, v in terms.items()}, **metrics)
         if done % cfg.save_every == 0 or done == cfg.optim.max_steps:
             save_training_state(out / "last", {"tokenizer": model}, optimizer, done, config_to_dict(cfg))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "tokenizer.safetensors"))
