@@ -88,17 +88,37 @@ def test_alternating_objective_runs(built, tmp_path):
     assert (train_gst.main(gst) / "transformer.safetensors").is_file()
 
 
-def test_two_process_ddp_with_gloo(built, tmp_path):
-    _, cfg = built
+def _torchrun_gst(cfg: dict, out: Path, steps: int, *extra: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))}
     env["OMP_NUM_THREADS"] = "1"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "training.train_gst", f"tokens={Path(cfg['runs']) / 'tokens'}", f"out={tmp_path / 'ddp'}",
-           "preset=tiny", "batch_size=2", "optim.max_steps=2", "optim.warmup_steps=1", "eval_every=2",
-           "save_every=2", "eval_batches=1"]
+           "-m", "training.train_gst", f"tokens={Path(cfg['runs']) / 'tokens'}", f"out={out}",
+           "preset=tiny", "batch_size=2", f"optim.max_steps={steps}", "optim.warmup_steps=1", "eval_every=2",
+           "save_every=2", "eval_batches=1", *extra]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert (tmp_path / "ddp/last/transformer.safetensors").is_file()
+
+
+def test_two_process_ddp_and_fsdp_with_gloo(built, tmp_path):
+    _, cfg = built
+    _torchrun_gst(cfg, tmp_path / "ddp", 4, "log_every=1")
+    _torchrun_gst(cfg, tmp_path / "fsdp", 4, "parallel=fsdp", "log_every=1")
+    _torchrun_gst(cfg, tmp_path / "fsdp_resumed", 2, "parallel=fsdp")
+    _torchrun_gst(cfg, tmp_path / "fsdp_resumed", 4, "parallel=fsdp")  # continues from step 2
+    ddp, fsdp, resumed = (load_file(str(tmp_path / name / "last/transformer.safetensors"))
+                          for name in ("ddp", "fsdp", "fsdp_resumed"))
+    assert ddp.keys() == fsdp.keys() == resumed.keys()  # gathered FSDP state = plain model keys
+    for key in ddp:
+        assert torch.equal(fsdp[key], resumed[key]), key  # sharded optimizer state resumes exactly
+    # Same maths as DDP: the same first loss and gradient norm (from the same initial weights), then losses
+    # that stay close. Not bit-equal: Adam's first steps move parameters with ~0 gradient by +-lr, the sign
+    # set by reduction-order noise, so later steps drift apart slightly.
+    ddp_log, fsdp_log = (np.genfromtxt(tmp_path / name / "train_log.csv", delimiter=",", names=True)
+                         for name in ("ddp", "fsdp"))
+    assert len(ddp_log) == len(fsdp_log) == 4
+    np.testing.assert_allclose(fsdp_log["loss"][0], ddp_log["loss"][0], rtol=1e-6)
+    np.testing.assert_allclose(fsdp_log["grad_norm"][0], ddp_log["grad_norm"][0], rtol=1e-5)
+    np.testing.assert_allclose(fsdp_log["loss"], ddp_log["loss"], rtol=1e-3)
 
 
 def test_lr_schedule_shape():
@@ -173,3 +193,25 @@ def test_dead_code_restart_reseeds_unused_rows_at_current_latents():
     assert (cosine.max(dim=1).values > 0.99).all()  # each re-seeded row sits on a latent of the batch
     assert (opt.state[weight]["exp_avg"][~live] == 0).all()
     assert restarter.restart(enc, np.random.default_rng(0)) == 0  # re-seeded rows get a fresh grace period
+
+
+def test_codebook_init_keeps_the_tokenizers_code_similarities(built):
+    import torch.nn.functional as F
+    from gst_model.transformer import GSTConfig, Transformer
+    from training.data import load_tokens
+    from training.tokenize_dataset import load_trained_tokenizer
+
+    _, cfg = built
+    tokens_dir = Path(cfg["runs"]) / "tokens"
+    _, vocab = load_tokens(tokens_dir, "train")
+    model = Transformer(GSTConfig.from_preset("tiny", vocab_size=vocab.size, grid_size=int(vocab.tokens_per_view ** 0.5)))
+    train_gst.init_embeddings_from_codebooks(model, tokens_dir, vocab, seed=0)
+    for part, offset, count in (("image_tokenizer", 0, vocab.image_codes),
+                                ("camera_tokenizer", vocab.camera_offset, vocab.camera_codes)):
+        book = F.normalize(load_trained_tokenizer(Path(cfg["runs"]) / part).quantize.codebook(), dim=-1)
+        emb = F.normalize(model.tok_embeddings.weight[offset: offset + count].detach(), dim=-1)
+        torch.testing.assert_close(emb @ emb.T, book @ book.T, atol=1e-5, rtol=0)
+        head = F.normalize(model.output.weight[offset: offset + count].detach(), dim=-1)
+        torch.testing.assert_close(head, emb, atol=1e-6, rtol=0)
+    special = model.tok_embeddings.weight[vocab.gen_token:]
+    assert special.abs().max() < 0.2  # the task tokens keep their default init

@@ -148,21 +148,44 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def save_training_state(directory: str | Path, models: dict[str, torch.nn.Module],
-                        optimizer: torch.optim.Optimizer, step: int, config: dict,
+def is_sharded(model: torch.nn.Module) -> bool:
+    """True for a model whose parameters FSDP has sharded (DTensors)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """The whole (unsharded, CPU) model and optimizer state. Under FSDP this is a collective: every rank
+    must call it, then one rank writes."""
+    if not is_sharded(model):
+        return unwrap(model).state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return (get_model_state_dict(model, options=options),
+            get_optimizer_state_dict(model, optimizer, options=options))
+
+
+def save_training_state(directory: str | Path, models: dict[str, torch.nn.Module | dict],
+                        optimizer: torch.optim.Optimizer | dict, step: int, config: dict,
                         ema: dict[str, torch.nn.Module] | None = None) -> Path:
-    """Weights as safetensors; optimizer, step, RNG and config in a tensors-and-primitives file."""
+    """Weights as safetensors; optimizer, step, RNG and config in a tensors-and-primitives file.
+
+    `models` maps names to modules or to state dicts already gathered (see `full_state`); `optimizer`
+    likewise may be its state dict."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     for name, model in models.items():
-        save_file({k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()},
-                  str(out / f"{name}.safetensors"))
+        weights = model if isinstance(model, dict) else unwrap(model).state_dict()
+        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(out / f"{name}.safetensors"))
     for name, model in (ema or {}).items():
         save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
                   str(out / f"{name}.ema.safetensors"))
     state = {
         "step": step,
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer if isinstance(optimizer, dict) else optimizer.state_dict(),
         "config": config,
         "rng": {"python": random.getstate()[1], "numpy": np.random.get_state()[1].tolist(),
                 "numpy_pos": int(np.random.get_state()[2]), "torch": torch.get_rng_state()},
@@ -176,13 +199,25 @@ def save_training_state(directory: str | Path, models: dict[str, torch.nn.Module
 def load_training_state(directory: str | Path, models: dict[str, torch.nn.Module],
                         optimizer: torch.optim.Optimizer | None,
                         ema: dict[str, torch.nn.Module] | None = None) -> tuple[int, dict]:
-    """Restore weights, optimizer and RNG exactly; returns (step, saved config)."""
+    """Restore weights, optimizer and RNG exactly; returns (step, saved config). An FSDP-sharded model
+    (one per checkpoint) takes its shards of the whole saved state."""
     directory = Path(directory)
+    state = torch.load(directory / "trainer_state.pt", map_location="cpu", weights_only=True)
     for name, model in models.items():
-        unwrap(model).load_state_dict(load_file(str(directory / f"{name}.safetensors")), strict=True)
+        weights = load_file(str(directory / f"{name}.safetensors"))
+        if is_sharded(model):
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                                 set_optimizer_state_dict)
+
+            options = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(model, weights, options=options)
+            if optimizer is not None:
+                set_optimizer_state_dict(model, optimizer, state["optimizer"], options=options)
+                optimizer = None  # restored with the model's shards
+        else:
+            unwrap(model).load_state_dict(weights, strict=True)
     for name, model in (ema or {}).items():
         model.load_state_dict(load_file(str(directory / f"{name}.ema.safetensors")), strict=True)
-    state = torch.load(directory / "trainer_state.pt", map_location="cpu", weights_only=True)
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
     rng = state["rng"]

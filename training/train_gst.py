@@ -10,9 +10,11 @@ classifier-free guidance uses at inference.
 
     python -m training.train_gst --config training/configs/gst_small.yaml [key=value ...]
     torchrun --nproc_per_node 2 -m training.train_gst --config ...     # DDP (gloo on CPU)
+    torchrun --nproc_per_node 8 -m training.train_gst --config ... parallel=fsdp  # sharded, large presets
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ from gst_model.data.token_cache import TokenCache
 from gst_model.transformer import GSTConfig, Transformer
 from gst_model.vocab import Task, Vocabulary
 from training.common import (config_cli, EMA, CsvLog, OptimConfig, all_reduce_mean, autocast_context, cleanup_distributed,
-                             config_to_dict, load_training_state, lr_at, pick_device,
+                             config_to_dict, full_state, load_training_state, lr_at, pick_device,
                              plot_curves, save_training_state, seed_everything, setup_distributed,
                              setup_logging, unwrap)
 from training.data import load_tokens
@@ -49,9 +51,14 @@ class GSTTrainConfig:
     # relative pose is decided by the first few camera tokens; the rest follow from them and from the
     # smooth ray map, so without extra weight the pose signal is a small share of the loss.
     camera_loss_weight: float = 1.0
+    # Start code embeddings (and head rows) at the tokenizers' codebook vectors instead of at random.
+    init_from_codebooks: bool = False
     batch_size: int = 32  # sequences per micro-batch per process
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema_decay: float = 0.0  # 0 disables EMA
+    # Under torchrun: ddp replicates the model; fsdp shards parameters, gradients and optimizer state
+    # (FSDP2, per transformer block) for presets whose training state does not fit one device.
+    parallel: str = "ddp"
     eval_every: int = 200
     eval_batches: int = 8
     save_every: int = 500
@@ -102,6 +109,29 @@ def sequence_loss(model: torch.nn.Module, seq: torch.Tensor, tokens_per_view: in
     return (losses * weights).sum() / weights.sum()
 
 
+@torch.no_grad()
+def init_embeddings_from_codebooks(model: Transformer, tokens_dir: str | Path, vocab: Vocabulary, seed: int,
+                                   head_scale: float = 0.25) -> None:
+    """Each code's embedding starts at its tokenizer codebook vector, lifted to the model width by a random
+    orthonormal map (norm kept at that of the default init). Codes the tokenizer finds alike then start
+    alike, so attention can match content across the two views from the first step instead of first
+    learning the similarity of ~1500 ids from co-occurrence. The head rows get the same vectors, scaled
+    down, so predicting "a code like the one attended to" is easy from the start."""
+    from training.tokenize_dataset import load_trained_tokenizer
+
+    meta = json.loads((Path(tokens_dir) / "meta.json").read_text())
+    gen = torch.Generator().manual_seed(seed)
+    row_norm = model.config.initializer_range * model.config.dim ** 0.5
+    for key, offset, count in (("image", 0, vocab.image_codes), ("camera", vocab.camera_offset, vocab.camera_codes)):
+        codebook = F.normalize(load_trained_tokenizer(meta["config"][key]).quantize.codebook().float(), dim=-1)
+        if codebook.shape[0] != count:
+            raise ValueError(f"{key} tokenizer has {codebook.shape[0]} codes, the token cache {count}")
+        lift = torch.linalg.qr(torch.randn(model.config.dim, codebook.shape[1], generator=gen))[0].T  # [D_code, dim]
+        vectors = codebook @ lift * row_norm
+        model.tok_embeddings.weight[offset: offset + count] = vectors
+        model.output.weight[offset: offset + count] = head_scale * vectors
+
+
 def sample_tasks(cfg: GSTTrainConfig, step: int, n: int, rng: np.random.Generator) -> np.ndarray:
     if cfg.objective == "alternating":
         return np.full(n, step % 2)
@@ -143,12 +173,22 @@ def main(cfg: GSTTrainConfig) -> Path:
     device = pick_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed + dist_info.rank)
+    seed_everything(cfg.seed)  # the same initial weights on every rank (FSDP, unlike DDP, does not broadcast them)
     train, vocab = load_tokens(cfg.tokens, "train")
     val, _ = load_tokens(cfg.tokens, "val")
     grid = int(round(vocab.tokens_per_view ** 0.5))
     model_cfg = GSTConfig.from_preset(cfg.preset, vocab_size=vocab.size, grid_size=grid, **cfg.model_overrides)
     model = Transformer(model_cfg).to(device)
+    if cfg.init_from_codebooks:
+        init_embeddings_from_codebooks(model, cfg.tokens, vocab, cfg.seed)
+    n_params = model.num_parameters()
+    if cfg.parallel not in ("ddp", "fsdp"):
+        raise ValueError(f"parallel must be ddp or fsdp, got {cfg.parallel!r}")
+    sharded = cfg.parallel == "fsdp" and dist_info.world_size > 1
+    if sharded:
+        if cfg.ema_decay > 0:
+            raise ValueError("ema_decay > 0 needs the whole model on each rank: use parallel=ddp for EMA")
+        shard_model(model)
     optimizer = model.configure_optimizers(cfg.optim.weight_decay, cfg.optim.lr, cfg.optim.betas)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     out = Path(cfg.out)
@@ -159,16 +199,18 @@ def main(cfg: GSTTrainConfig) -> Path:
             from safetensors.torch import load_file
             ema.shadow = {k: v.float() for k, v in load_file(str(out / "last" / "transformer.ema.safetensors")).items()}
         log.info("resumed from %s at step %d", out / "last", start)
-    ddp_model = DDP(model) if dist_info.world_size > 1 else model
+    ddp_model = DDP(model) if dist_info.world_size > 1 and not sharded else model
     csv = CsvLog(out / "train_log.csv", ["loss", "grad_norm", "lr", "val_view", "val_pose", "val_camera",
                                          "val_camera_mismatched"]) if dist_info.is_main else None
     # Per-step generator: a resumed run draws exactly the batches the uninterrupted run would have.
     log.info("model %s: %.2fM parameters; %d train pairs, %d val pairs", cfg.preset,
-             model.num_parameters() / 1e6, len(train.pairs), len(val.pairs))
+             n_params / 1e6, len(train.pairs), len(val.pairs))
     bar = tqdm(range(start, cfg.optim.max_steps), initial=start, total=cfg.optim.max_steps,
                disable=not dist_info.is_main, desc="gst")
     t0 = time.time()
     for step in bar:
+        # Dropout masks come from (seed, rank, step) too: a resumed run continues exactly on every rank.
+        torch.manual_seed((cfg.seed * 1_000_003 + dist_info.rank) * 1_000_003 + step)
         lr = lr_at(step, cfg.optim)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -184,27 +226,40 @@ def main(cfg: GSTTrainConfig) -> Path:
             loss.backward()
             total += loss.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: DTensor
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if ema is not None:
             ema.update(model)
         done = step + 1
         mean_loss = all_reduce_mean(torch.tensor(total)).item()
+        last = done == cfg.optim.max_steps
+        # Every rank evaluates and gathers the state: under FSDP both are collectives.
+        metrics = evaluate(model, val, vocab, cfg, device) if done % cfg.eval_every == 0 or last else {}
+        saving = done % cfg.save_every == 0 or last
+        weights, optim_state = full_state(model, optimizer) if saving else (None, None)
         if dist_info.is_main:
             bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}")
-            metrics = {}
-            if done % cfg.eval_every == 0 or done == cfg.optim.max_steps:
-                metrics = evaluate(model, val, vocab, cfg, device)
+            if metrics:
                 log.info("step %d loss %.4f val %s (%.0f s)", done, mean_loss, metrics, time.time() - t0)
             if done % cfg.log_every == 0 or metrics:
                 csv.write(done, loss=mean_loss, grad_norm=float(grad_norm), lr=lr, **metrics)
-            if done % cfg.save_every == 0 or done == cfg.optim.max_steps:
-                save_training_state(out / "last", {"transformer": model}, optimizer, done, config_to_dict(cfg),
+            if saving:
+                save_training_state(out / "last", {"transformer": weights}, optim_state, done, config_to_dict(cfg),
                                     ema={"transformer": _ema_module(model, ema)} if ema else None)
     if dist_info.is_main:
         plot_curves(csv, out / "train_curves.png", f"GST {cfg.preset} ({cfg.objective})")
     cleanup_distributed()
     return out / "last"
+
+
+def shard_model(model: Transformer) -> None:
+    """FSDP2: each transformer block is one all-gather unit, the embeddings and head the root's."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model.layers:
+        fully_shard(layer)
+    fully_shard(model)
 
 
 def _ema_module(model: Transformer, ema: EMA) -> Transformer:
