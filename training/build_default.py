@@ -1,4 +1,4 @@
-"""Build the shipped default model end to end, on a 2-core CPU in about an hour:
+"""Build the shipped default model end to end, on a 2-core CPU in about 80 minutes:
 
     python -m training.build_default --config training/configs/default.yaml
 
