@@ -38,6 +38,7 @@ from rclpy.serialization import deserialize_message  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from gst_ros import conversions as conv  # noqa: E402
+from gst_ros.common import SERVICE_QOS  # noqa: E402
 
 pytestmark = pytest.mark.ros
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -109,9 +110,12 @@ class Client:
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.image_pub = self.node.create_publisher(Image, IMAGE_TOPIC, reliable)
         self.query_pub = self.node.create_publisher(PoseStamped, "/view_predictor/query_pose", 10)
-        self.set_reference = self.node.create_client(SetReference, "/localize/set_reference")
-        self.estimate_pose = self.node.create_client(EstimatePose, "/localize/estimate_pose")
-        self.predict_view = self.node.create_client(PredictView, "/view_predictor/predict_view")
+        # Deep response queues like the nodes' request queues: tests fire 14 requests at once, and with the
+        # default depth of 10 the oldest answers can be overwritten before this client takes them.
+        self.set_reference = self.node.create_client(SetReference, "/localize/set_reference", qos_profile=SERVICE_QOS)
+        self.estimate_pose = self.node.create_client(EstimatePose, "/localize/estimate_pose", qos_profile=SERVICE_QOS)
+        self.predict_view = self.node.create_client(PredictView, "/view_predictor/predict_view",
+                                                    qos_profile=SERVICE_QOS)
         self.recorded: list[tuple[str, int, bytes]] = []  # (topic, receive time ns, CDR bytes)
         for topic, msg_type in RECORDED.items():
             self.node.create_subscription(msg_type, topic, lambda data, t=topic: self.recorded.append(
