@@ -77,7 +77,7 @@ def machine() -> dict:
     mem = next((int(l.split()[1]) * 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "matmul_gflops": flops / 1e9, "mem_gbs": bandwidth / 1e9, "mem_total_gb": mem / 1e9,
-            "torch": torch.__version__}
+            "torch": torch.__version__, "load_avg": os.getloadavg()[0]}
 
 
 # ------------------------------------------------------------------ one path (worker process)
@@ -269,7 +269,7 @@ def run(presets: list[str], out: Path, quick: bool, export_root: Path) -> str:
     lines = [
         "# GST inference benchmark",
         "",
-        f"Machine: {info['cpu']}, {info['cores']} logical cores (shared with other jobs), "
+        f"Machine: {info['cpu']}, {info['cores']} logical cores (1-min load average {info['load_avg']:.1f} at start), "
         f"{info['mem_total_gb']:.0f} GB RAM, torch {info['torch']} ({info['torch_threads']} threads). "
         f"Measured: fp32 matmul {info['matmul_gflops']:.0f} GFLOP/s, memory read {info['mem_gbs']:.1f} GB/s.",
         "",
