@@ -508,5 +508,7 @@ def test_flood_100hz_30s(stack):
     print(report)
     assert latencies, report
     assert growth_mb < 50, report
-    # the worker always takes the newest frame: latency is about one estimate, not a growing backlog
-    assert np.max(latencies) < 3 * np.median(latencies) + 2000, report
+    # The worker always takes the newest frame, so latency stays about one estimate: a backlog would make it
+    # grow by seconds over the 30 s. (Single spikes are CPU contention, not a backlog: no bound on the max.)
+    third = max(1, len(latencies) // 3)
+    assert np.median(latencies[-third:]) < np.median(latencies[:third]) + 1000, report
