@@ -234,8 +234,10 @@ def main(cfg: GSTTrainConfig) -> Path:
         done = step + 1
         mean_loss = all_reduce_mean(torch.tensor(total)).item()
         last = done == cfg.optim.max_steps
-        # Every rank evaluates and gathers the state: under FSDP both are collectives.
-        metrics = evaluate(model, val, vocab, cfg, device) if done % cfg.eval_every == 0 or last else {}
+        # Under FSDP evaluating and gathering the state are collectives that every rank joins; under DDP
+        # only the main rank evaluates (gathering is then just a reference to the local state).
+        evaluating = (done % cfg.eval_every == 0 or last) and (sharded or dist_info.is_main)
+        metrics = evaluate(model, val, vocab, cfg, device) if evaluating else {}
         saving = done % cfg.save_every == 0 or last
         weights, optim_state = full_state(model, optimizer) if saving else (None, None)
         if dist_info.is_main:

@@ -211,10 +211,12 @@ def main(cfg: TokenizerTrainConfig) -> Path:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
+        restarted = {}
         if restarter is not None:
             restarter.observe(enc)
+            # no restarts in the last 10% of steps: the final codebook gets time to settle
             if (step + 1) % cfg.restart_dead_codes_every == 0 and step + 1 < cfg.optim.max_steps * 0.9:
-                terms["restarted"] = torch.tensor(float(restarter.restart(enc, rng)))
+                restarted["restarted"] = restarter.restart(enc, rng)
         if use_gan:
             d_loss = F.relu(1 - disc(x)).mean() + F.relu(1 + disc(rec.detach())).mean()
             disc_opt.zero_grad(set_to_none=True)
@@ -234,7 +236,7 @@ def main(cfg: TokenizerTrainConfig) -> Path:
             log.info("step %d loss %.4f %s (%.0f s)", done, loss.item(), metrics, time.time() - t0)
         if done % 10 == 0 or metrics:
             csv.write(done, loss=loss.item(), loss_rec=loss_rec.item(), loss_vq=loss_vq.item(),
-                      **{k: float(v.detach()) for k, v in terms.items()}, **metrics)
+                      **{k: v.item() for k, v in terms.items()}, **restarted, **metrics)
         if done % cfg.save_every == 0 or done == cfg.optim.max_steps:
             save_training_state(out / "last", {"tokenizer": model}, optimizer, done, config_to_dict(cfg))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "tokenizer.safetensors"))
