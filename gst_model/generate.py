@@ -66,19 +66,18 @@ def _guided_last_logits(model: Transformer, tokens: torch.Tensor, input_pos: tor
 
 
 def prefill(model: Transformer, prompt: torch.Tensor, input_pos: torch.Tensor, *,
-            cfg_scale: float = 1.0, copies: int = 1, **sampling) -> torch.Tensor:
-    """Fill the cache with prompt [B, P] at input_pos [P]; return the first new token [B * copies].
+            cfg_scale: float = 1.0, copies: int = 1, max_new_tokens: int, **sampling) -> torch.Tensor:
+    """Run prompt [B, P] at input_pos [P] through the cache; return the first new token [B * copies].
 
-    With copies > 1 every prompt row stands for `copies` hypotheses: the prompt is run once and its
-    cache rows are replicated, so N samples of one query cost one prefill instead of N.
+    Every prompt row stands for `copies` hypotheses: the prompt is run once and its keys/values are
+    shared by all of them while decoding (SharedPromptKVCache), so N samples of one query cost one
+    prefill and read the prompt's cache once per step instead of N times.
     """
     if cfg_scale > 1.0:
         prompt = torch.cat([prompt, torch.zeros_like(prompt)])
     logits = _guided_last_logits(model, prompt, input_pos, cfg_scale)
-    if copies > 1:
-        model.replicate_cache_rows(prompt.shape[0], copies)
-        logits = logits.repeat_interleave(copies, dim=0)
-    return sample_from_logits(logits, **sampling)
+    model.share_prompt_cache(slice(int(input_pos[0]), int(input_pos[-1]) + 1), copies, max_new_tokens)
+    return sample_from_logits(logits.repeat_interleave(copies, dim=0), **sampling)
 
 
 def decode_one_token(model: Transformer, token: torch.Tensor, input_pos: torch.Tensor, *,
@@ -151,14 +150,14 @@ def generate(
 
     was_training = model.training
     model.eval()  # dropout off; restored below so generate leaves the model as it found it
-    model.setup_caches(batch * 2 if cfg_scale > 1.0 else batch, total)
+    # N hypotheses of one query share the prompt: prefill it once, keep its keys/values once.
+    copies = batch if batch > 1 and bool((prompt == prompt[:1]).all()) else 1
+    prompts = batch // copies
+    model.setup_caches(prompts * 2 if cfg_scale > 1.0 else prompts, start_pos + plen)
     try:
-        device = prompt.device
-        input_pos = torch.arange(start_pos, start_pos + plen, device=device)
-        # N hypotheses of one query share the prompt: prefill it once.
-        copies = batch if batch > 1 and bool((prompt == prompt[:1]).all()) else 1
-        first = prefill(model, prompt[: batch // copies], input_pos, cfg_scale=cfg_scale, copies=copies,
-                        allowed=schedule[0], **sampling)
+        input_pos = torch.arange(start_pos, start_pos + plen, device=prompt.device)
+        first = prefill(model, prompt[:prompts], input_pos, cfg_scale=cfg_scale, copies=copies,
+                        max_new_tokens=num_new_tokens, allowed=schedule[0], **sampling)
         rest = decode_n_tokens(model, first, input_pos[-1:] + 1, num_new_tokens - 1,
                                cfg_scale=cfg_scale, allowed_per_step=schedule[1:], **sampling)
         return torch.cat([first[:, None], rest], dim=1)

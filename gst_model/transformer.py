@@ -162,6 +162,48 @@ class KVCache(nn.Module):
         return self.k_cache[:b], self.v_cache[:b]
 
 
+class SharedPromptKVCache(nn.Module):
+    """Decode-time cache for rows that continue the same prompts (N hypotheses of one query).
+
+    The prompts' keys/values are kept once, [G, H, P, D], and row r of the batch continues prompt
+    r // copies. Each step the `copies` queries of a prompt read its keys in one matmul, so N
+    hypotheses read the prompt once per step instead of N times; only generated tokens have
+    per-row entries, and only the filled ones are read.
+    """
+
+    def __init__(self, prompt_k: torch.Tensor, prompt_v: torch.Tensor, copies: int, max_new_tokens: int):
+        super().__init__()
+        g, h, _, d = prompt_k.shape
+        self.copies = copies
+        self.register_buffer("prompt_k", prompt_k.contiguous(), persistent=False)
+        self.register_buffer("prompt_v", prompt_v.contiguous(), persistent=False)
+        shape = (g * copies, h, max_new_tokens, d)
+        self.register_buffer("k_cache", prompt_k.new_zeros(shape), persistent=False)
+        self.register_buffer("v_cache", prompt_k.new_zeros(shape), persistent=False)
+        self.length = 0
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q, k, v [B, H, 1, D] of each row's newest token -> attention output [B, H, 1, D]."""
+        b, h, t, d = q.shape
+        if t != 1:
+            raise ValueError(f"SharedPromptKVCache decodes one token per row at a time, got {t}")
+        if self.length == self.k_cache.shape[2]:
+            raise RuntimeError(f"SharedPromptKVCache is full ({self.length} generated tokens)")
+        self.k_cache[:, :, self.length] = k[:, :, 0]
+        self.v_cache[:, :, self.length] = v[:, :, 0]
+        self.length += 1
+        g, plen, scale = self.prompt_k.shape[0], self.prompt_k.shape[2], d ** -0.5
+        keys, values = self.k_cache[:, :, : self.length], self.v_cache[:, :, : self.length]
+        by_prompt = q.reshape(g, self.copies, h, d).transpose(1, 2)  # [G, H, copies, D]
+        s_prompt = torch.matmul(by_prompt, self.prompt_k.transpose(-1, -2)) * scale  # [G, H, copies, P]
+        s_new = torch.matmul(q, keys.transpose(-1, -2)) * scale  # [B, H, 1, L]
+        s_new = s_new.reshape(g, self.copies, h, -1).transpose(1, 2)
+        p = torch.cat([s_prompt, s_new], dim=-1).float().softmax(dim=-1).to(q.dtype)
+        y = torch.matmul(p[..., :plen], self.prompt_v).transpose(1, 2).reshape(b, h, 1, d)
+        p_new = p[..., plen:].transpose(1, 2).reshape(b, h, 1, -1)
+        return y + torch.matmul(p_new, values)
+
+
 class Attention(nn.Module):
     def __init__(self, config: GSTConfig):
         super().__init__()
@@ -177,10 +219,10 @@ class Attention(nn.Module):
             self.k_norm = nn.LayerNorm(config.head_dim)
         self.attn_dropout_p = config.attn_dropout_p
         self.resid_dropout = nn.Dropout(config.resid_dropout_p)
-        self.kv_cache: KVCache | None = None
+        self.kv_cache: KVCache | SharedPromptKVCache | None = None
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, input_pos: torch.Tensor | None,
-                mask: torch.Tensor | None) -> torch.Tensor:
+                mask: torch.Tensor | None, use_cache: bool = False) -> torch.Tensor:
         bsz, seqlen, _ = x.shape
         q, k, v = self.wqkv(x).view(bsz, seqlen, 3, self.n_head, self.head_dim).unbind(2)
         if self.qk_norm:
@@ -188,14 +230,17 @@ class Attention(nn.Module):
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, D]
 
-        if mask is not None:  # cached path: attend over every filled slot up to each position
-            k, v = self.kv_cache.update(input_pos, k, v)
-        y = F.scaled_dot_product_attention(
-            q, k, v,
-            attn_mask=mask,
-            is_causal=mask is None,
-            dropout_p=self.attn_dropout_p if self.training else 0.0,
-        )
+        if use_cache and isinstance(self.kv_cache, SharedPromptKVCache):
+            y = self.kv_cache.attend(q, k, v)
+        else:
+            if use_cache:  # attend over every filled slot up to each position
+                k, v = self.kv_cache.update(input_pos, k, v)
+            y = F.scaled_dot_product_attention(
+                q, k, v,
+                attn_mask=mask,
+                is_causal=mask is None,
+                dropout_p=self.attn_dropout_p if self.training else 0.0,
+            )
         y = y.transpose(1, 2).contiguous().view(bsz, seqlen, self.dim)
         return self.resid_dropout(self.wo(y))
 
@@ -220,8 +265,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(config.dim, config.norm_eps)
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
 
-    def forward(self, x, rope, input_pos, mask):
-        h = x + self.attention(self.attention_norm(x), rope, input_pos, mask)
+    def forward(self, x, rope, input_pos, mask, use_cache=False):
+        h = x + self.attention(self.attention_norm(x), rope, input_pos, mask, use_cache)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -275,13 +320,16 @@ class Transformer(nn.Module):
             layer.attention.kv_cache = KVCache(max_batch_size, max_seq_length, self.config.n_head,
                                                self.config.head_dim, dtype or weight.dtype, weight.device)
 
-    def replicate_cache_rows(self, rows: int, copies: int):
-        """Cache rows [0, rows) become rows [0, rows * copies), each row repeated `copies` times in place
-        (row r -> rows r*copies .. r*copies + copies - 1; this keeps the [cond..., uncond...] halves of CFG)."""
+    def share_prompt_cache(self, prompt_slots: slice, copies: int, max_new_tokens: int):
+        """Switch every layer from the prefill cache to a SharedPromptKVCache for decoding.
+
+        The prefill cache's rows are the distinct prompts, its `prompt_slots` their tokens; decode
+        row r continues prompt row r // copies (so CFG's [cond..., uncond...] halves stay in order).
+        """
         for layer in self.layers:
             cache = layer.attention.kv_cache
-            for buf in (cache.k_cache, cache.v_cache):
-                buf[: rows * copies] = buf[:rows].repeat_interleave(copies, dim=0)
+            layer.attention.kv_cache = SharedPromptKVCache(
+                cache.k_cache[:, :, prompt_slots], cache.v_cache[:, :, prompt_slots], copies, max_new_tokens)
 
     def clear_caches(self):
         for layer in self.layers:
@@ -306,16 +354,17 @@ class Transformer(nn.Module):
             cache = self.layers[0].attention.kv_cache
             if cache is None:
                 raise RuntimeError("call setup_caches() before forward(use_cache=True)")
-            slots = torch.arange(cache.k_cache.shape[2], device=tokens.device)
-            # Slots being written now count as filled; the cache's flag updates inside the layer.
-            filled = cache.filled.clone()
-            filled[input_pos] = True
-            mask = (slots[None, :] <= input_pos[:, None]) & filled[None, :]  # [T, S]
+            if isinstance(cache, KVCache):
+                slots = torch.arange(cache.k_cache.shape[2], device=tokens.device)
+                # Slots being written now count as filled; the cache's flag updates inside the layer.
+                filled = cache.filled.clone()
+                filled[input_pos] = True
+                mask = (slots[None, :] <= input_pos[:, None]) & filled[None, :]  # [T, S]
 
         rope = self.freqs_cis[input_pos]
         h = self.tok_dropout(self.tok_embeddings(tokens))
         for layer in self.layers:
-            h = layer(h, rope, input_pos, mask)
+            h = layer(h, rope, input_pos, mask, use_cache)
         return self.output(self.norm(h)).float()
 
     def loss(self, tokens: torch.Tensor, targets: torch.Tensor,

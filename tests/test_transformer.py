@@ -247,3 +247,26 @@ def test_shared_prompt_prefilled_once_matches_single_prompt(cfg_scale):
     sampled = generate(model, prompt.expand(4, -1), 8, cfg_scale=cfg_scale, temperature=2.0, top_k=None,
                        generator=gen)
     assert len({tuple(r) for r in sampled.tolist()}) > 1  # independent samples, not copies
+
+
+@pytest.mark.parametrize("copies", [1, 3])
+def test_shared_prompt_cache_decode_matches_full_forward(copies):
+    """Rows decoding different tokens after shared prompts see exactly their own sequences."""
+    model = tiny_random_model(seed=5)
+    gen = torch.Generator().manual_seed(1)
+    prompts = torch.randint(0, 48, (2, 17), generator=gen)
+    rows = prompts.repeat_interleave(copies, dim=0)  # row r continues prompt r // copies
+    new = torch.randint(0, 48, (2 * copies, 6), generator=gen)
+    model.setup_caches(2, 17)
+    try:
+        with torch.no_grad():
+            model(prompts, torch.arange(17), use_cache=True)
+            model.share_prompt_cache(slice(0, 17), copies, max_new_tokens=6)
+            for i in range(6):
+                cached = model(new[:, i:i + 1], torch.tensor([17 + i]), use_cache=True)[:, -1]
+                full = model(torch.cat([rows, new[:, :i + 1]], dim=1))[:, -1]
+                torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
+            with pytest.raises(RuntimeError, match="full"):
+                model(new[:, :1], torch.tensor([23]), use_cache=True)
+    finally:
+        model.clear_caches()
