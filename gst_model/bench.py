@@ -23,7 +23,7 @@ import torch
 from gst_model.checkpoint import BUNDLE_PRESETS, DEFAULT_MODEL_DIR, build_bundle, load_bundle
 from gst_model.generate import sample_from_logits
 from gst_model.runtime import SamplingParams
-from gst_model.transformer import PRESETS, find_multiple
+from gst_model.transformer import PRESETS
 
 PATHS = ("nocache", "torch", "ort", "ort_int8")
 LABELS = {"nocache": "official-style, no KV cache", "torch": "torch eager + KV cache",
@@ -145,11 +145,10 @@ def _micro(path: str, rt, bundle, prompt: torch.Tensor, steps: int) -> tuple[flo
     t = time.perf_counter()
     _, kv = rt.prefill(prompt, torch.arange(plen))
     prefill = time.perf_counter() - t
-    slots = find_multiple(plen + model.config.grid_size ** 2, 8)
-    cache = [torch.zeros(1, k.shape[1], slots, k.shape[3]) for k in kv]
+    generated = [torch.zeros(1, k.shape[1], model.config.grid_size ** 2, k.shape[3]) for k in kv]
     t = time.perf_counter()
     for i in range(steps):
-        rt.decode(tokens[:, i:i + 1], plen + i, cache)
+        rt.decode_shared(tokens[:, i:i + 1], plen + i, kv, generated)
     return prefill, (time.perf_counter() - t) / steps
 
 

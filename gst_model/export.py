@@ -9,13 +9,17 @@ Graphs (float32 activations, int64 ids; B = batch, T = tokens per view, L = laye
     camera_decoder  codes [B,T]                                 -> rays [B,6,R,R]
     prefill         tokens [B,P], input_pos [P]                 -> logits [B,V] (last position),
                                                                    k_i, v_i [B,H,P,D] for each layer i
-    decode          token [B,1], input_pos [1], cache_k_i, cache_v_i [B,H,S,D]
-                                                                -> logits [B,V], new_k_i, new_v_i [B,H,1,D]
-    prefill_p{P}_static, decode_static: the same with a fixed batch (and prompt length), for TensorRT.
+    decode          token [B,1], input_pos [1], prompt_k_i, prompt_v_i [G,H,P,D],
+                    gen_k_i, gen_v_i [B,H,S,D]              -> logits [B,V], new_k_i, new_v_i [B,H,1,D]
+    prefill_p{P}_static   the prefill with a fixed batch and prompt length, for TensorRT
+    decode_static   token [B,1], input_pos [1], cache_k_i, cache_v_i [B,H,S,D] (fixed B and S), same outputs
 
-Decode-step contract: cache slots 0..input_pos-1 hold the sequence so far, later slots are ignored;
-the graph returns only the new key/value row and the caller writes it at slot input_pos. ONNX has no
-in-place update, so returning the whole cache would copy 2*L*B*H*S*D floats for every token.
+Decode-step contract (`decode`): G prompts of P tokens, each continued by B/G rows; row b continues
+prompt b // (B/G). The prompts' keys/values are passed once, not once per row, so N hypotheses read
+them once per step. gen slots 0..input_pos-P-1 hold the tokens generated so far, later ones are
+ignored. `decode_static` takes one full cache per row instead: slots 0..input_pos-1 hold the sequence.
+Both return only the new key/value row; the caller writes it into its cache. ONNX has no in-place
+update, so returning the whole cache would copy every cached float for every token.
 
 Weights are stored once per component: every transformer graph points into `transformer.weights`,
 the tokenizer graphs into `image_tokenizer.weights` / `camera_tokenizer.weights` (initializers are
@@ -43,7 +47,7 @@ from onnx import numpy_helper
 
 from gst_model.transformer import Transformer, apply_rope, find_multiple
 
-EXPORT_FORMAT = "gst_ros.onnx/1"
+EXPORT_FORMAT = "gst_ros.onnx/2"  # 2: decode shares the prompt cache
 OPSET = 17
 # Measured on the 2-core dev machine (tiny bundle, 8 graphs): the TorchScript exporter takes ~1 s per
 # graph, the dynamo exporter ~15 s, with the same ORT parity; the TorchScript path is used.
@@ -121,6 +125,41 @@ class DecodeGraph(nn.Module):
         return (m.output(m.norm(h[:, -1])).float(), *new)
 
 
+class SharedDecodeGraph(nn.Module):
+    """One token per row after G shared prompts (see the module docstring); logits and new key/values."""
+
+    def __init__(self, model: Transformer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, token: torch.Tensor, input_pos: torch.Tensor, *cache: torch.Tensor):
+        m = self.model
+        rope = m.freqs_cis[input_pos]
+        h = m.tok_embeddings(token)
+        b = token.shape[0]
+        scale = 1.0 / math.sqrt(m.config.head_dim)
+        new = []
+        for i, layer in enumerate(m.layers):
+            prompt_k, prompt_v, gen_k, gen_v = cache[4 * i: 4 * i + 4]
+            g, heads, plen, d = prompt_k.shape
+            slots = torch.arange(gen_k.shape[2], device=token.device)
+            hidden = (slots >= input_pos - plen).view(1, 1, 1, -1)  # not generated yet
+            q, k, v = _qkv(layer.attention, layer.attention_norm(h), rope)
+            # The rows of one prompt are the query rows of one matmul against its keys: [G, H, B/G, P].
+            s_prompt = torch.matmul(q.reshape(g, -1, heads, d).transpose(1, 2), prompt_k.transpose(-1, -2))
+            s_gen = torch.matmul(q, gen_k.transpose(-1, -2)).masked_fill(hidden, float("-inf"))
+            s_new = (q * k).sum(-1, keepdim=True)
+            s_rows = torch.cat([s_gen, s_new], dim=-1).reshape(g, -1, heads, gen_k.shape[2] + 1).transpose(1, 2)
+            p = (torch.cat([s_prompt, s_rows], dim=-1) * scale).softmax(dim=-1)
+            y_prompt = torch.matmul(p[..., :plen], prompt_v).transpose(1, 2).reshape(b, heads, 1, d)
+            p_rows = p[..., plen:].transpose(1, 2).reshape(b, heads, 1, -1)
+            y = y_prompt + torch.matmul(p_rows[..., :-1], gen_v) + p_rows[..., -1:] * v
+            h = h + layer.attention.wo(_merge_heads(y))
+            h = h + layer.feed_forward(layer.ffn_norm(h))
+            new += [k, v]
+        return (m.output(m.norm(h[:, -1])).float(), *new)
+
+
 class EncodeGraph(nn.Module):
     """VQ encoder + cosine nearest-code search -> row-major code indices [B, h*w]."""
 
@@ -156,6 +195,11 @@ def cache_slots(config) -> int:
 
 def layer_names(prefix: str, n_layer: int) -> list[str]:
     return [f"{prefix}_{kind}_{i}" for i in range(n_layer) for kind in ("k", "v")]
+
+
+def shared_cache_names(n_layer: int) -> list[str]:
+    """Inputs of the `decode` graph after token and input_pos: per layer prompt k, v then gen k, v."""
+    return [f"{kind}_{i}" for i in range(n_layer) for kind in ("prompt_k", "prompt_v", "gen_k", "gen_v")]
 
 
 def bundle_digest(bundle) -> str:
@@ -245,7 +289,8 @@ def _graph_specs(bundle, static_batch: int | None, prompt_lengths: list[int]):
 
     kv_out, cache_in, new_out = layer_names("present", L), layer_names("cache", L), layer_names("new", L)
     H, D, S = cfg.n_head, cfg.head_dim, cache_slots(cfg)
-    prefill, decode = PrefillGraph(model), DecodeGraph(model)
+    prefill, decode, shared = PrefillGraph(model), DecodeGraph(model), SharedDecodeGraph(model)
+    shared_in = shared_cache_names(L)
 
     def prefill_args(b, p):
         return (torch.zeros(b, p, dtype=torch.long), torch.arange(p))
@@ -258,10 +303,14 @@ def _graph_specs(bundle, static_batch: int | None, prompt_lengths: list[int]):
                   ["logits", *kv_out],
                   {"tokens": {0: "batch", 1: "prompt"}, "input_pos": {0: "prompt"}, "logits": batch,
                    **{n: {0: "batch", 2: "prompt"} for n in kv_out}}))
-    specs.append(("decode", "transformer", decode, decode_args(2, S), ["token", "input_pos", *cache_in],
+    P, n_gen = 2 * T + 1, 8
+    shared_args = (torch.zeros(4, 1, dtype=torch.long), torch.tensor([P + 3]),
+                   *[torch.zeros(2, H, P, D) if "prompt" in n else torch.zeros(4, H, n_gen, D) for n in shared_in])
+    specs.append(("decode", "transformer", shared, shared_args, ["token", "input_pos", *shared_in],
                   ["logits", *new_out],
                   {"token": batch, "logits": batch, **{n: batch for n in new_out},
-                   **{n: {0: "batch", 2: "cache_len"} for n in cache_in}}))
+                   **{n: ({0: "prompts", 2: "prompt"} if "prompt" in n else {0: "batch", 2: "generated"})
+                      for n in shared_in}}))
     if static_batch:
         for p in prompt_lengths:
             specs.append((f"prefill_p{p}_static", "transformer", prefill, prefill_args(static_batch, p),

@@ -79,7 +79,8 @@ def test_manifest_lists_checked_graphs_sharing_weights(bundle, model_dir):
     params = sum(p.numel() for p in bundle.transformer.parameters()) * 4
     assert 0.98 * params <= manifest["file_bytes"]["transformer.weights"] < 1.3 * params  # norms stay inline
     decode = {s["name"]: s for s in graphs["decode"]["inputs"]}
-    assert decode["cache_k_0"]["shape"][0] == "batch" and decode["token"]["dtype"] == "int64"
+    assert decode["gen_k_0"]["shape"][0] == "batch" and decode["token"]["dtype"] == "int64"
+    assert decode["prompt_k_0"]["shape"][0] == "prompts"  # the prompt cache is passed once, not per row
     static = {s["name"]: s for s in graphs["decode_static"]["inputs"]}
     assert static["cache_k_0"]["shape"][0] == STATIC_BATCH
     assert static["cache_k_0"]["shape"][2] == manifest["cache_slots"]
@@ -111,9 +112,9 @@ def test_tokenizer_graphs_match_torch(bundle, ort, torch_rt):
     assert (ort.decode_rays(ray_codes) - torch_rt.decode_rays(ray_codes)).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("static", [False, True])
-def test_prefill_and_cached_decode_logits_match_torch(bundle, model_dir, static):
-    rt = OrtRuntime(bundle, model_dir=model_dir, static=static, threads=1, verify=False)
+def test_prefill_and_cached_decode_logits_match_torch(bundle, model_dir):
+    """Static graphs: one full cache per row."""
+    rt = OrtRuntime(bundle, model_dir=model_dir, static=True, threads=1, verify=False)
     model = bundle.transformer
     T = model.config.grid_size ** 2
     P, steps, B = 2 * T + 1, 5, 3
@@ -124,9 +125,7 @@ def test_prefill_and_cached_decode_logits_match_torch(bundle, model_dir, static)
             ref = model(tokens[:, :P], torch.arange(P), use_cache=True)[:, -1]
         logits, kv = rt.prefill(tokens[:, :P], torch.arange(P))
         assert (logits - ref).abs().max() < 1e-4
-        slots = rt.manifest["cache_slots"]
-        rows = STATIC_BATCH if static else B
-        cache = [torch.zeros(rows, t.shape[1], slots, t.shape[3]) for t in kv]
+        cache = [torch.zeros(STATIC_BATCH, t.shape[1], rt.manifest["cache_slots"], t.shape[3]) for t in kv]
         for c, t in zip(cache, kv):
             c[:B, :, :P] = t
         for pos in range(P, P + steps):
@@ -138,6 +137,27 @@ def test_prefill_and_cached_decode_logits_match_torch(bundle, model_dir, static)
             assert (logits[:B] - ref).abs().max() < 1e-4
     finally:
         model.clear_caches()
+
+
+def test_shared_prompt_decode_logits_match_torch(bundle, model_dir):
+    """Dynamic graph: 2 prompts x 3 rows each decode different tokens over the shared prompt cache."""
+    rt = OrtRuntime(bundle, model_dir=model_dir, threads=1, verify=False)
+    model = bundle.transformer
+    T = model.config.grid_size ** 2
+    P, steps, copies = 2 * T + 1, 5, 3
+    g = torch.Generator().manual_seed(2)
+    prompts = torch.randint(0, model.config.vocab_size, (2, P), generator=g)
+    new_tokens = torch.randint(0, model.config.vocab_size, (2 * copies, steps), generator=g)
+    rows = prompts.repeat_interleave(copies, dim=0)
+    _, kv = rt.prefill(prompts, torch.arange(P))
+    generated = [torch.zeros(2 * copies, t.shape[1], steps, t.shape[3]) for t in kv]
+    for i in range(steps):
+        logits, new = rt.decode_shared(new_tokens[:, i:i + 1], P + i, kv, generated)
+        for c, n in zip(generated, new):
+            c[:, :, i] = n[:, :, 0]
+        with torch.inference_mode():
+            ref = model(torch.cat([rows, new_tokens[:, :i + 1]], dim=1))[:, -1]
+        assert (logits - ref).abs().max() < 1e-4
 
 
 def _prompts(bundle, torch_rt):

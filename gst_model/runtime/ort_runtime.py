@@ -14,7 +14,6 @@ import torch
 from gst_model.export import bundle_digest, export_bundle, load_manifest
 from gst_model.generate import allowed_schedule, sample_from_logits
 from gst_model.runtime import SamplingParams
-from gst_model.transformer import find_multiple
 
 
 def default_cache_root() -> Path:
@@ -103,11 +102,24 @@ cache on the device; the ONNX Runtime CPU back-end hands them to ORT as zero-cop
         return out[0][:b], [t[:b] for t in out[1:]]
 
     def decode(self, token: torch.Tensor, pos: int, cache: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """token [B,1] at slot pos over cache [k_0, v_0, ...] -> (logits [B,V], new rows [B,H,1,D])."""
+        """Static graphs: token [B,1] at slot pos over full per-row caches [k_0, v_0, ...] [B,H,S,D]
+        -> (logits [B,V], new rows [B,H,1,D])."""
         feeds = {"token": self._pad(token), "input_pos": torch.tensor([pos], device=self.device)}
         for i in range(self.n_layer):
             feeds[f"cache_k_{i}"], feeds[f"cache_v_{i}"] = cache[2 * i], cache[2 * i + 1]
-        out = self._run("decode_static" if self.static else "decode", feeds)
+        out = self._run("decode_static", feeds)
+        return out[0], out[1:]
+
+    def decode_shared(self, token: torch.Tensor, pos: int, prompt_kv: list[torch.Tensor],
+                      generated: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """token [B,1] at position pos; prompt_kv [k_0, v_0, ...] [G,H,P,D] of G prompts (row b continues
+        prompt b // (B/G)); generated [k_0, v_0, ...] [B,H,S,D], slots 0..pos-P-1 filled
+        -> (logits [B,V], new rows [B,H,1,D])."""
+        feeds = {"token": token, "input_pos": torch.tensor([pos], device=self.device)}
+        for i in range(self.n_layer):
+            feeds[f"prompt_k_{i}"], feeds[f"prompt_v_{i}"] = prompt_kv[2 * i], prompt_kv[2 * i + 1]
+            feeds[f"gen_k_{i}"], feeds[f"gen_v_{i}"] = generated[2 * i], generated[2 * i + 1]
+        out = self._run("decode", feeds)
         return out[0], out[1:]
 
     def generate(self, prompt: torch.Tensor, num_new_tokens: int, sampling: SamplingParams,
@@ -124,17 +136,10 @@ cache on the device; the ONNX Runtime CPU back-end hands them to ORT as zero-cop
         rows = torch.cat([prompt, torch.zeros_like(prompt)]) if cfg else prompt
         if self.static:
             self._pad(rows)  # raises before any work if the batch does not fit the static graphs
-        # N hypotheses share one prompt: prefill each distinct row once and copy its cache.
-        unique, inverse = torch.unique(rows, dim=0, return_inverse=True)
-        logits, kv = self.prefill(unique, torch.arange(plen, device=self.device))
-        idx = inverse
-        slots = self.manifest["cache_slots"] if self.static else find_multiple(plen + num_new_tokens, 8)
-        nrows = self.static_batch if self.static else rows.shape[0]
-        cache = []
-        for t in kv:
-            c = torch.zeros((nrows, t.shape[1], slots, t.shape[3]), dtype=t.dtype, device=self.device)
-            c[: len(idx), :, :plen] = t[idx]
-            cache.append(c)
+        # N hypotheses of one query: prefill the prompt once (per CFG half) and share its cache.
+        copies = batch if batch > 1 and bool((prompt == prompt[:1]).all()) else 1
+        logits, kv = self.prefill(rows[::copies], torch.arange(plen, device=self.device))
+        step = self._static_steps(kv, copies, plen) if self.static else self._shared_steps(kv, rows, num_new_tokens)
 
         def pick(step_logits: torch.Tensor, allowed) -> torch.Tensor:
             lg = step_logits[: rows.shape[0]].float()
@@ -145,17 +150,41 @@ cache on the device; the ONNX Runtime CPU back-end hands them to ORT as zero-cop
                                       top_p=sampling.top_p, greedy=sampling.greedy, generator=generator,
                                       allowed=allowed)
 
-        token = pick(logits[idx], schedule[0])
+        token = pick(logits.repeat_interleave(copies, dim=0), schedule[0])
         out = [token]
         for i in range(1, num_new_tokens):
-            pos = plen + i - 1
-            x = torch.cat([token, token]) if cfg else token
-            step_logits, new = self.decode(x[:, None], pos, cache)
-            for c, n in zip(cache, new):
-                c[:, :, pos] = n[:, :, 0]
-            token = pick(step_logits, schedule[i])
+            token = pick(step(torch.cat([token, token]) if cfg else token, plen + i - 1), schedule[i])
             out.append(token)
         return torch.stack(out, dim=1)
+
+    def _shared_steps(self, prompt_kv: list[torch.Tensor], rows: torch.Tensor, num_new_tokens: int):
+        """Decode step over the shared prompt cache plus per-row caches of the generated tokens."""
+        plen = rows.shape[1]
+        generated = [torch.zeros((rows.shape[0], t.shape[1], num_new_tokens, t.shape[3]), dtype=t.dtype,
+                                 device=self.device) for t in prompt_kv]
+
+        def step(token: torch.Tensor, pos: int) -> torch.Tensor:
+            logits, new = self.decode_shared(token[:, None], pos, prompt_kv, generated)
+            for c, n in zip(generated, new):
+                c[:, :, pos - plen] = n[:, :, 0]
+            return logits
+        return step
+
+    def _static_steps(self, prompt_kv: list[torch.Tensor], copies: int, plen: int):
+        """Decode step over full fixed-size per-row caches (the static graphs' contract)."""
+        cache = []
+        for t in prompt_kv:
+            c = torch.zeros((self.static_batch, t.shape[1], self.manifest["cache_slots"], t.shape[3]),
+                            dtype=t.dtype, device=self.device)
+            c[: t.shape[0] * copies, :, :plen] = t.repeat_interleave(copies, dim=0)
+            cache.append(c)
+
+        def step(token: torch.Tensor, pos: int) -> torch.Tensor:
+            logits, new = self.decode(token[:, None], pos, cache)
+            for c, n in zip(cache, new):
+                c[:, :, pos] = n[:, :, 0]
+            return logits
+        return step
 
 
 def _providers(device: str, model_dir: Path) -> list:
