@@ -142,3 +142,23 @@ def test_smooth_trajectory_moves_in_small_steps():
     assert path.shape == (30, 4, 4) and max(steps) < 6.0 and max(moves) < 0.4
     assert relative_rotation_deg(path[0], path[-1]) > 45.0
     assert math.isclose(np.linalg.det(path[10][:3, :3]), 1.0)
+
+
+def test_walk_cameras_turn_around_one_spot():
+    """Walking views: eyes near one spot, headings spread as asked, pitch and roll within bounds."""
+    rng = np.random.default_rng(3)
+    scene = syn.random_scene(rng)
+    c2w, fov = syn.sample_walk_cameras(scene, rng, 24, yaw_spread_deg=90.0, step_radius=0.5,
+                                       pitch_deg=(-10.0, 0.0), roll_deg=0.0, fov_deg=(50.0, 60.0))
+    eyes = c2w[:, :3, 3]
+    assert np.linalg.norm(eyes[:, :2] - eyes[:, :2].mean(0), axis=1).max() <= 1.0  # within one step disc
+    forward = c2w[:, :3, 2]
+    pitch = np.degrees(np.arcsin(forward[:, 2]))
+    assert (pitch >= -10.0 - 1e-9).all() and (pitch <= 1e-9).all()
+    assert np.allclose(c2w[:, :3, 0] @ np.array([0.0, 0.0, 1.0]), 0.0)  # no roll: the x axis stays level
+    yaw = np.degrees(np.arctan2(forward[:, 1], forward[:, 0]))
+    spread = np.ptp(np.degrees(np.unwrap(np.radians(yaw))))
+    assert 45.0 < spread <= 90.0 + 1e-6
+    assert ((fov >= 50.0) & (fov <= 60.0)).all()
+    assert all(syn._clear_of_objects(scene, e, 0.3) for e in eyes)
+    assert all(math.isclose(np.linalg.det(p[:3, :3]), 1.0) for p in c2w)

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from gst_model.data.cameras import fov_to_K
 from gst_model.data.formats import write_re10k_sequence
-from gst_model.data.synthetic import random_scene, render, sample_cameras, smooth_trajectory
+from gst_model.data.synthetic import (random_scene, render, sample_cameras, sample_walk_cameras,
+                                      smooth_trajectory)
 
 SPLITS = ("train", "val", "test")
 FRAME_STEP_US = 33_333  # timestamps as in a 30 fps video, in microseconds like RealEstate10K
@@ -39,7 +40,9 @@ class SyntheticConfig:
     fov_min: float = 45.0
     fov_max: float = 65.0
     azimuth_spread: float = 120.0  # degrees; pairs are filtered by rotation later, at load time
-    cameras: str = "random"  # "random" views around the scene, or a smooth "trajectory"
+    # "random": look-at views orbiting the scene centre; "walk": a robot near one spot turning its
+    # head (sample_walk_cameras); "trajectory": a smooth look-at arc
+    cameras: str = "random"
     supersample: int = 2
     shadows: bool = True
     workers: int = 1
@@ -70,12 +73,15 @@ def render_scene(cfg: SyntheticConfig, index: int, split: str) -> str:
     if cfg.cameras == "random":
         c2w, fov = sample_cameras(scene, rng, cfg.views_per_scene, fov_deg=(cfg.fov_min, cfg.fov_max),
                                   azimuth_spread_deg=cfg.azimuth_spread)
+    elif cfg.cameras == "walk":
+        c2w, fov = sample_walk_cameras(scene, rng, cfg.views_per_scene, fov_deg=(cfg.fov_min, cfg.fov_max),
+                                       yaw_spread_deg=cfg.azimuth_spread)
     elif cfg.cameras == "trajectory":
         c2w = smooth_trajectory(scene, cfg.views_per_scene, arc_deg=cfg.azimuth_spread,
                                 start_azimuth_deg=float(rng.uniform(0, 360)))
         fov = np.full(cfg.views_per_scene, 0.5 * (cfg.fov_min + cfg.fov_max))
     else:
-        raise ValueError(f"cameras must be 'random' or 'trajectory', got {cfg.cameras!r}")
+        raise ValueError(f"cameras must be 'random', 'walk' or 'trajectory', got {cfg.cameras!r}")
     K = np.stack([fov_to_K(f, h, w) for f in fov])
     images = [render(scene, c2w[i], K[i], h, w, supersample=cfg.supersample, shadows=cfg.shadows)
               for i in range(len(c2w))]
@@ -126,8 +132,8 @@ def parse_args(argv=None) -> SyntheticConfig:
     p.add_argument("--split-fractions", default="0.8,0.1,0.1", help="train,val,test fractions of the scenes")
     p.add_argument("--fov", default="45,65", help="vertical field of view range in degrees, 'min,max'")
     p.add_argument("--azimuth-spread", type=float, default=120.0,
-                   help="spread of camera azimuths around the scene (degrees)")
-    p.add_argument("--cameras", choices=["random", "trajectory"], default="random")
+                   help="spread of camera azimuths around the scene, or of headings with --cameras walk (degrees)")
+    p.add_argument("--cameras", choices=["random", "walk", "trajectory"], default="random")
     p.add_argument("--supersample", type=int, default=2)
     p.add_argument("--no-shadows", action="store_true")
     p.add_argument("--workers", type=int, default=1)

@@ -580,6 +580,44 @@ def sample_cameras(scene: SceneSpec, rng: np.random.Generator, n: int, *,
     return np.stack(poses), np.array(fovs)
 
 
+def sample_walk_cameras(scene: SceneSpec, rng: np.random.Generator, n: int, *,
+                        fov_deg=(45.0, 70.0), yaw_spread_deg: float = 120.0, stand_distance=(1.8, 3.0),
+                        step_radius: float = 0.6, height=(0.9, 1.5), pitch_deg=(-20.0, 5.0),
+                        roll_deg: float = 3.0, clearance: float = 0.35,
+                        max_tries: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """n cameras of a robot that stands near one spot and looks around, as (c2w [n, 4, 4], fovy_deg [n]).
+
+    The spot lies `stand_distance` from the scene centre; each view steps up to `step_radius` from it,
+    turns to a heading within +-yaw_spread_deg/2 of the direction to the centre, and tilts by
+    `pitch_deg`. Relative rotations are mostly the camera turning (the image content shifts), unlike
+    `sample_cameras`, whose look-at orbits keep the centre in view (content rotates in depth).
+    """
+    for _ in range(max_tries // 200):  # a crowded spot may not fit n views: try another one
+        az, r = rng.uniform(0, 2 * math.pi), _uniform(rng, stand_distance)
+        spot = _inside_room(scene, scene.center + np.array([r * math.cos(az), r * math.sin(az), 0.0]), margin=0.4)
+        if np.linalg.norm((scene.center - spot)[:2]) < 1.0:
+            continue
+        base_yaw = math.atan2(*(scene.center - spot)[1::-1])
+        poses, fovs = [], []
+        for _ in range(200):
+            if len(poses) == n:
+                return np.stack(poses), np.array(fovs)
+            step, heading = step_radius * math.sqrt(rng.uniform()), rng.uniform(0, 2 * math.pi)
+            eye = np.array([spot[0] + step * math.cos(heading), spot[1] + step * math.sin(heading),
+                            _uniform(rng, height)])
+            eye = _inside_room(scene, eye, margin=0.2)
+            yaw = base_yaw + math.radians(rng.uniform(-0.5, 0.5) * yaw_spread_deg)
+            pitch = math.radians(_uniform(rng, pitch_deg))
+            forward = np.array([math.cos(pitch) * math.cos(yaw), math.cos(pitch) * math.sin(yaw), math.sin(pitch)])
+            if not _clear_of_objects(scene, eye, clearance) or _blocks_view(scene, eye, eye + 1.5 * forward):
+                continue
+            poses.append(look_at(eye, eye + forward, roll_deg=rng.uniform(-roll_deg, roll_deg)))
+            fovs.append(_uniform(rng, fov_deg))
+        if len(poses) == n:
+            return np.stack(poses), np.array(fovs)
+    raise RuntimeError(f"could not place {n} walking views in this scene after {max_tries} tries")
+
+
 def sample_pair(scene: SceneSpec, rng: np.random.Generator, rot_range_deg=(0.0, 60.0),
                 max_tries: int = 500, **camera_kwargs) -> tuple[np.ndarray, np.ndarray]:
     """Two cameras whose relative rotation angle lies in rot_range_deg (rejection sampling)."""
