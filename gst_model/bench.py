@@ -145,7 +145,7 @@ def _micro(path: str, rt, bundle, prompt: torch.Tensor, steps: int) -> tuple[flo
     t = time.perf_counter()
     _, kv = rt.prefill(prompt, torch.arange(plen))
     prefill = time.perf_counter() - t
-    generated = [torch.zeros(1, k.shape[1], model.config.grid_size ** 2, k.shape[3]) for k in kv]
+    generated = [torch.zeros(1, k.shape[1], steps, k.shape[3]) for k in kv]
     t = time.perf_counter()
     for i in range(steps):
         rt.decode_shared(tokens[:, i:i + 1], plen + i, kv, generated)

@@ -174,7 +174,8 @@ def _prompts(bundle, torch_rt):
 @pytest.mark.parametrize("sampling", [SamplingParams(greedy=True), SamplingParams(greedy=True, cfg_scale=2.0),
                                       SamplingParams(top_k=50, top_p=0.9, cfg_scale=1.5)],
                          ids=["greedy", "greedy-cfg", "seeded-sampling-cfg"])
-def test_generation_matches_torch_for_both_layouts(bundle, ort, torch_rt, sampling):
+def test_generation_matches_torch_for_both_layouts(bundle, ort, torch_rt, sampling, monkeypatch):
+    monkeypatch.setattr(ort, "GROW_SLOTS", 5)  # the per-row caches grow several times, by an odd block
     for prompt, ranges in _prompts(bundle, torch_rt):
         T = bundle.vocab.tokens_per_view
         ref = torch_rt.generate(prompt, T, sampling, ranges, torch.Generator().manual_seed(7))

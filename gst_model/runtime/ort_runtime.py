@@ -48,6 +48,8 @@ cache on the device; the ONNX Runtime CPU back-end hands them to ORT as zero-cop
     them): batches are padded to the static batch and prompts must have an exported static length.
     """
 
+    GROW_SLOTS = 32  # per-row cache growth of the shared-prompt decode (see _shared_steps)
+
     def __init__(self, manifest: dict, static: bool = False, device: str = "cpu"):
         self.manifest = manifest
         self.device = torch.device(device)
@@ -158,15 +160,24 @@ cache on the device; the ONNX Runtime CPU back-end hands them to ORT as zero-cop
         return torch.stack(out, dim=1)
 
     def _shared_steps(self, prompt_kv: list[torch.Tensor], rows: torch.Tensor, num_new_tokens: int):
-        """Decode step over the shared prompt cache plus per-row caches of the generated tokens."""
+        """Decode step over the shared prompt cache plus per-row caches of the generated tokens.
+
+        The per-row caches grow in blocks of GROW_SLOTS: the graph reads every slot it is given, and a
+        slice of a larger buffer would not be contiguous (ORT would copy it each step).
+        """
         plen = rows.shape[1]
-        generated = [torch.zeros((rows.shape[0], t.shape[1], num_new_tokens, t.shape[3]), dtype=t.dtype,
-                                 device=self.device) for t in prompt_kv]
+        generated = [torch.zeros((rows.shape[0], t.shape[1], 0, t.shape[3]), dtype=t.dtype, device=self.device)
+                     for t in prompt_kv]
 
         def step(token: torch.Tensor, pos: int) -> torch.Tensor:
+            slot = pos - plen
+            if slot == generated[0].shape[2]:
+                grow = min(self.GROW_SLOTS, num_new_tokens - slot)
+                generated[:] = [torch.cat([c, c.new_zeros(*c.shape[:2], grow, c.shape[3])], dim=2)
+                                for c in generated]
             logits, new = self.decode_shared(token[:, None], pos, prompt_kv, generated)
             for c, n in zip(generated, new):
-                c[:, :, pos - plen] = n[:, :, 0]
+                c[:, :, slot] = n[:, :, 0]
             return logits
         return step
 
