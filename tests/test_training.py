@@ -81,6 +81,22 @@ def test_resume_is_exact(built, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_init_from_fine_tunes_existing_weights(built, tmp_path):
+    _, cfg = built
+    source = train_gst.main(_gst_config(cfg, tmp_path / "source", 2))
+    frozen = _gst_config(cfg, tmp_path / "tuned", 1)
+    frozen.init_from = str(source)  # a model directory
+    frozen.optim.lr = 0.0  # one step that cannot move the weights
+    frozen.optim.weight_decay = 0.0
+    a = load_file(str(source / "transformer.safetensors"))
+    b = load_file(str(train_gst.main(frozen) / "transformer.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    wrong = _gst_config(cfg, tmp_path / "wrong", 1)
+    wrong.init_from, wrong.model_overrides = str(source / "transformer.safetensors"), {"n_layer": 1}
+    with pytest.raises(ValueError, match="differ from the configured model"):
+        train_gst.main(wrong)
+
+
 def test_alternating_objective_runs(built, tmp_path):
     _, cfg = built
     gst = _gst_config(cfg, tmp_path / "alt", 2)
@@ -206,9 +222,12 @@ def test_codebook_init_keeps_the_tokenizers_code_similarities(built):
     _, vocab = load_tokens(tokens_dir, "train")
     model = Transformer(GSTConfig.from_preset("tiny", vocab_size=vocab.size, grid_size=int(vocab.tokens_per_view ** 0.5)))
     train_gst.init_embeddings_from_codebooks(model, tokens_dir, vocab, seed=0)
-    for part, offset, count in (("image_tokenizer", 0, vocab.image_codes),
-                                ("camera_tokenizer", vocab.camera_offset, vocab.camera_codes)):
-        book = F.normalize(load_trained_tokenizer(Path(cfg["runs"]) / part).quantize.codebook(), dim=-1)
+    for kind, offset, count in (("image", 0, vocab.image_codes), ("camera", vocab.camera_offset, vocab.camera_codes)):
+        book = F.normalize(load_trained_tokenizer(Path(cfg["runs"]) / f"{kind}_tokenizer", kind).quantize.codebook(),
+                           dim=-1)
+        # the shipped bundle holds the same tokenizer
+        bundled = load_trained_tokenizer(cfg["out"], kind).quantize.codebook()
+        torch.testing.assert_close(F.normalize(bundled, dim=-1), book)
         emb = F.normalize(model.tok_embeddings.weight[offset: offset + count].detach(), dim=-1)
         torch.testing.assert_close(emb @ emb.T, book @ book.T, atol=1e-5, rtol=0)
         head = F.normalize(model.output.weight[offset: offset + count].detach(), dim=-1)

@@ -78,8 +78,8 @@ def run(config_path: str, steps: list[str]) -> None:
 
 def assemble(cfg: dict, paths: dict[str, Path], out: Path) -> Path:
     """Trained parts -> one checkpoint directory, with what a user needs to know in its metadata."""
-    image_vq = tokenize_dataset.load_trained_tokenizer(paths["image_tokenizer"])
-    camera_vq = tokenize_dataset.load_trained_tokenizer(paths["camera_tokenizer"])
+    image_vq = tokenize_dataset.load_trained_tokenizer(paths["image_tokenizer"], "image")
+    camera_vq = tokenize_dataset.load_trained_tokenizer(paths["camera_tokenizer"], "camera")
     state = load_file(str(paths["gst"] / "last" / "transformer.safetensors"))
     saved = torch.load(paths["gst"] / "last" / "trainer_state.pt", map_location="cpu", weights_only=True)
     tokens_meta = json.loads((paths["tokens"] / "meta.json").read_text())

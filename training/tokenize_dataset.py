@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from gst_model import geometry
+from gst_model.checkpoint import load_bundle
 from gst_model.data.token_cache import TokenCache
 from gst_model.tokenizer import VQConfig, VQModel
 from training.common import config_cli, config_to_dict, setup_logging
@@ -27,7 +28,7 @@ log = logging.getLogger("gst.tokenize")
 
 @dataclass
 class TokenizeConfig:
-    camera: str = "runs/camera_tokenizer"  # output dir of training.train_tokenizer (kind=camera)
+    camera: str = "runs/camera_tokenizer"  # output dir of training.train_tokenizer (kind=camera), or a model dir
     image: str = "runs/image_tokenizer"
     out: str = "runs/tokens"
     data: PairConfig = field(default_factory=PairConfig)
@@ -36,13 +37,17 @@ class TokenizeConfig:
     batch_size: int = 64
 
 
-def load_trained_tokenizer(directory: str | Path) -> VQModel:
-    """A tokenizer written by training.train_tokenizer (config JSON + safetensors weights)."""
+def load_trained_tokenizer(directory: str | Path, kind: str) -> VQModel:
+    """The `kind` ("image" or "camera") tokenizer of a training.train_tokenizer output directory (config
+    JSON + safetensors weights) or of a model directory (config.json + <kind>_tokenizer.safetensors)."""
     directory = Path(directory)
+    if (directory / "config.json").is_file():  # a model bundle, e.g. gst_model/weights/default
+        return getattr(load_bundle(directory), f"{kind}_tokenizer").eval()
     cfg_file, weights = directory / "tokenizer_config.json", directory / "tokenizer.safetensors"
     for f in (cfg_file, weights):
         if not f.is_file():
-            raise FileNotFoundError(f"{f} missing: train the tokenizer first (training.train_tokenizer)")
+            raise FileNotFoundError(f"{f} missing: train the tokenizer first (training.train_tokenizer) "
+                                    "or pass a model directory")
     model = VQModel(VQConfig(**json.loads(cfg_file.read_text())))
     model.load_state_dict(load_file(str(weights)), strict=True)
     return model.eval()
@@ -50,7 +55,7 @@ def load_trained_tokenizer(directory: str | Path) -> VQModel:
 
 def main(cfg: TokenizeConfig) -> Path:
     setup_logging(True)
-    image_vq, camera_vq = load_trained_tokenizer(cfg.image), load_trained_tokenizer(cfg.camera)
+    image_vq, camera_vq = load_trained_tokenizer(cfg.image, "image"), load_trained_tokenizer(cfg.camera, "camera")
     grid = image_vq.latent_grid(cfg.data.image_size)
     if camera_vq.latent_grid(cfg.ray_size) != grid:
         raise ValueError(f"image grid {grid} != camera grid {camera_vq.latent_grid(cfg.ray_size)}")

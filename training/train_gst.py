@@ -53,6 +53,9 @@ class GSTTrainConfig:
     camera_loss_weight: float = 1.0
     # Start code embeddings (and head rows) at the tokenizers' codebook vectors instead of at random.
     init_from_codebooks: bool = False
+    # Fine-tuning: start from these transformer weights (a model directory or a .safetensors file;
+    # shapes must match the preset) instead of a fresh init. A resumable state in `out` takes precedence.
+    init_from: str | None = None
     batch_size: int = 32  # sequences per micro-batch per process
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema_decay: float = 0.0  # 0 disables EMA
@@ -123,7 +126,7 @@ def init_embeddings_from_codebooks(model: Transformer, tokens_dir: str | Path, v
     gen = torch.Generator().manual_seed(seed)
     row_norm = model.config.initializer_range * model.config.dim ** 0.5
     for key, offset, count in (("image", 0, vocab.image_codes), ("camera", vocab.camera_offset, vocab.camera_codes)):
-        codebook = F.normalize(load_trained_tokenizer(meta["config"][key]).quantize.codebook().float(), dim=-1)
+        codebook = F.normalize(load_trained_tokenizer(meta["config"][key], key).quantize.codebook().float(), dim=-1)
         if codebook.shape[0] != count:
             raise ValueError(f"{key} tokenizer has {codebook.shape[0]} codes, the token cache {count}")
         lift = torch.linalg.qr(torch.randn(model.config.dim, codebook.shape[1], generator=gen))[0].T  # [D_code, dim]
@@ -179,7 +182,9 @@ def main(cfg: GSTTrainConfig) -> Path:
     grid = int(round(vocab.tokens_per_view ** 0.5))
     model_cfg = GSTConfig.from_preset(cfg.preset, vocab_size=vocab.size, grid_size=grid, **cfg.model_overrides)
     model = Transformer(model_cfg).to(device)
-    if cfg.init_from_codebooks:
+    if cfg.init_from:
+        load_transformer_weights(model, cfg.init_from)
+    elif cfg.init_from_codebooks:
         init_embeddings_from_codebooks(model, cfg.tokens, vocab, cfg.seed)
     n_params = model.num_parameters()
     if cfg.parallel not in ("ddp", "fsdp"):
@@ -253,6 +258,26 @@ def main(cfg: GSTTrainConfig) -> Path:
         plot_curves(csv, out / "train_curves.png", f"GST {cfg.preset} ({cfg.objective})")
     cleanup_distributed()
     return out / "last"
+
+
+def load_transformer_weights(model: Transformer, source: str | Path) -> None:
+    """Load transformer weights for fine-tuning from a model directory or a .safetensors file."""
+    from safetensors.torch import load_file
+
+    path = Path(source)
+    if path.is_dir():
+        path = path / "transformer.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from: no transformer weights at {path}")
+    weights = load_file(str(path))
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in weights.items()}
+    if got != expected:
+        diff = sorted(k for k in expected.keys() | got.keys() if expected.get(k) != got.get(k))
+        raise ValueError(f"init_from {path}: parameters differ from the configured model (preset, vocabulary, "
+                         f"grid): {diff[:5]}{' ...' if len(diff) > 5 else ''}")
+    model.load_state_dict(weights)
+    log.info("initialised the transformer from %s", path)
 
 
 def shard_model(model: Transformer) -> None:
