@@ -41,18 +41,21 @@ def sample_from_logits(
         return logits.argmax(dim=-1)
 
     logits = logits / max(temperature, 1e-5)
-    if top_k is not None and top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+    candidates = None
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        # Draw among the k best only: the distribution of masking all others to -inf, without a
+        # multinomial over the whole vocabulary (12 ms per step for 16 rows of 18k ids on 2 cores).
+        logits, candidates = torch.topk(logits, top_k, dim=-1)  # sorted, best first
     if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        if candidates is None:
+            logits, candidates = torch.sort(logits, descending=True, dim=-1)
+        cum = logits.softmax(dim=-1).cumsum(dim=-1)
         # Drop a token once the mass *before* it exceeds top_p: the top token always survives.
         drop = torch.zeros_like(cum, dtype=torch.bool)
         drop[..., 1:] = cum[..., :-1] > top_p
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+        logits = logits.masked_fill(drop, float("-inf"))
+    choice = torch.multinomial(logits.softmax(dim=-1), num_samples=1, generator=generator)
+    return (choice if candidates is None else candidates.gather(-1, choice)).squeeze(-1)
 
 
 def _guided_last_logits(model: Transformer, tokens: torch.Tensor, input_pos: torch.Tensor,

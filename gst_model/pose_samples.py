@@ -15,7 +15,7 @@ import numpy as np
 # so downstream filters treat the estimate as weak rather than exact.
 UNKNOWN_TRANSLATION_VAR = 1.0
 UNKNOWN_ROTATION_VAR = 0.25
-# Floor so a covariance built from identical samples stays positive definite.
+# Added to the sample covariance so it stays positive definite (identical or few samples).
 MIN_VAR = 1e-6
 
 
@@ -74,8 +74,9 @@ def summarize(samples: np.ndarray, inlier_deg: float = 15.0) -> PoseSummary:
     cov = np.zeros((6, 6))
     if inliers.sum() >= 2:
         dev = np.concatenate([t[inliers] - t_mean, rot_dev], axis=1)
-        cov = dev.T @ dev / (len(dev) - 1)
-        cov[np.diag_indices(6)] = np.maximum(np.diag(cov), MIN_VAR)
+        # Fewer than 7 inliers give a rank-deficient sample covariance: adding MIN_VAR (not flooring the
+        # diagonal) keeps every eigenvalue >= MIN_VAR, so filters can invert it.
+        cov = dev.T @ dev / (len(dev) - 1) + MIN_VAR * np.eye(6)
     else:
         cov[np.diag_indices(6)] = [UNKNOWN_TRANSLATION_VAR] * 3 + [UNKNOWN_ROTATION_VAR] * 3
     spread = float(np.degrees(np.sqrt(np.mean(np.sum(rot_dev ** 2, axis=1)))))

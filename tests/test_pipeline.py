@@ -169,3 +169,18 @@ def test_summary_rejects_outliers_and_measures_spread():
 def test_single_sample_gets_wide_prior_covariance():
     s = summarize(np.eye(4)[None])
     assert s.consistency == 1.0 and np.all(np.diag(s.covariance) >= 0.25)
+
+
+def test_few_inliers_still_give_a_positive_definite_covariance():
+    """2-6 inliers make a rank-deficient sample covariance; filters must still be able to invert it."""
+    from transforms3d.axangles import axangle2mat
+
+    rng = np.random.default_rng(4)
+    for n in (2, 3, 6):
+        samples = np.repeat(np.eye(4)[None], n, axis=0)
+        for T in samples:
+            T[:3, :3] = axangle2mat(rng.normal(size=3), np.radians(3.0))
+            T[:3, 3] = rng.normal(scale=0.05, size=3)
+        cov = summarize(samples).covariance
+        assert np.linalg.eigvalsh(cov).min() > 0.5e-6
+        np.linalg.cholesky(cov)

@@ -207,6 +207,19 @@ def test_sampling_masks_and_determinism():
     assert torch.equal(a, b)
 
 
+def test_top_k_and_top_p_sample_the_renormalised_distribution():
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, 3.0]])
+    gen = torch.Generator().manual_seed(3)
+    n = 6000
+    for kwargs, keep in (({"top_k": 3}, [5, 0, 1]), ({"top_k": 4, "top_p": 0.8}, [5, 0]),
+                         ({"top_p": 0.95}, [5, 0, 1, 2])):
+        draws = torch.stack([sample_from_logits(logits.expand(n, -1), generator=gen, **kwargs)]).flatten()
+        freq = torch.bincount(draws, minlength=6).double() / n
+        expected = torch.zeros(6, dtype=torch.float64)
+        expected[keep] = logits[0, keep].double().softmax(-1)
+        assert (freq - expected).abs().max() < 0.025, (kwargs, freq, expected)
+
+
 def test_generate_seeded_is_reproducible():
     model = tiny_random_model(seed=5)
     prompt = torch.randint(0, 32, (2, 17), generator=torch.Generator().manual_seed(0))
