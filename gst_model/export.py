@@ -94,70 +94,66 @@ class PrefillGraph(nn.Module):
         return (m.output(m.norm(h[:, -1])).float(), *kv)
 
 
-class DecodeGraph(nn.Module):
-    """One token against a fixed-size cache; returns its logits and its key/value rows."""
+class _DecodeStepGraph(nn.Module):
+    """One token per row through every block; subclasses supply the attention over their cache layout.
+    Returns the logits and each layer's key/value rows of the token."""
 
     def __init__(self, model: Transformer):
         super().__init__()
         self.model = model
+        self.scale = 1.0 / math.sqrt(model.config.head_dim)
 
     def forward(self, token: torch.Tensor, input_pos: torch.Tensor, *cache: torch.Tensor):
         m = self.model
         rope = m.freqs_cis[input_pos]
         h = m.tok_embeddings(token)
-        slots = torch.arange(cache[0].shape[2], device=token.device)
-        hidden = (slots >= input_pos).view(1, 1, 1, -1)  # not yet written (or a stale row)
-        scale = 1.0 / math.sqrt(m.config.head_dim)
+        hidden = self.hidden_slots(input_pos, cache)
         new = []
         for i, layer in enumerate(m.layers):
-            k_cache, v_cache = cache[2 * i], cache[2 * i + 1]
             q, k, v = _qkv(layer.attention, layer.attention_norm(h), rope)
-            # Scores against the cache and against the new key, one softmax over both: the same
-            # attention as writing k into slot input_pos first, without copying the cache.
-            s_past = torch.matmul(q, k_cache.transpose(-1, -2)) * scale
-            s_past = s_past.masked_fill(hidden, float("-inf"))
-            s_new = (q * k).sum(-1, keepdim=True) * scale
-            p = torch.cat([s_past, s_new], dim=-1).softmax(dim=-1)
-            y = torch.matmul(p[..., :-1], v_cache) + p[..., -1:] * v
+            y = self.attend(q, k, v, cache, i, hidden)
             h = h + layer.attention.wo(_merge_heads(y))
             h = h + layer.feed_forward(layer.ffn_norm(h))
             new += [k, v]
         return (m.output(m.norm(h[:, -1])).float(), *new)
 
 
-class SharedDecodeGraph(nn.Module):
-    """One token per row after G shared prompts (see the module docstring); logits and new key/values."""
+class DecodeGraph(_DecodeStepGraph):
+    """Static layout: one fixed-size cache per row, slots 0..input_pos-1 filled."""
 
-    def __init__(self, model: Transformer):
-        super().__init__()
-        self.model = model
+    def hidden_slots(self, input_pos, cache):
+        slots = torch.arange(cache[0].shape[2], device=input_pos.device)
+        return (slots >= input_pos).view(1, 1, 1, -1)  # not yet written (or a stale row)
 
-    def forward(self, token: torch.Tensor, input_pos: torch.Tensor, *cache: torch.Tensor):
-        m = self.model
-        rope = m.freqs_cis[input_pos]
-        h = m.tok_embeddings(token)
-        b = token.shape[0]
-        scale = 1.0 / math.sqrt(m.config.head_dim)
-        new = []
-        for i, layer in enumerate(m.layers):
-            prompt_k, prompt_v, gen_k, gen_v = cache[4 * i: 4 * i + 4]
-            g, heads, plen, d = prompt_k.shape
-            slots = torch.arange(gen_k.shape[2], device=token.device)
-            hidden = (slots >= input_pos - plen).view(1, 1, 1, -1)  # not generated yet
-            q, k, v = _qkv(layer.attention, layer.attention_norm(h), rope)
-            # The rows of one prompt are the query rows of one matmul against its keys: [G, H, B/G, P].
-            s_prompt = torch.matmul(q.reshape(g, -1, heads, d).transpose(1, 2), prompt_k.transpose(-1, -2))
-            s_gen = torch.matmul(q, gen_k.transpose(-1, -2)).masked_fill(hidden, float("-inf"))
-            s_new = (q * k).sum(-1, keepdim=True)
-            s_rows = torch.cat([s_gen, s_new], dim=-1).reshape(g, -1, heads, gen_k.shape[2] + 1).transpose(1, 2)
-            p = (torch.cat([s_prompt, s_rows], dim=-1) * scale).softmax(dim=-1)
-            y_prompt = torch.matmul(p[..., :plen], prompt_v).transpose(1, 2).reshape(b, heads, 1, d)
-            p_rows = p[..., plen:].transpose(1, 2).reshape(b, heads, 1, -1)
-            y = y_prompt + torch.matmul(p_rows[..., :-1], gen_v) + p_rows[..., -1:] * v
-            h = h + layer.attention.wo(_merge_heads(y))
-            h = h + layer.feed_forward(layer.ffn_norm(h))
-            new += [k, v]
-        return (m.output(m.norm(h[:, -1])).float(), *new)
+    def attend(self, q, k, v, cache, i, hidden):
+        k_cache, v_cache = cache[2 * i], cache[2 * i + 1]
+        # Scores against the cache and against the new key, one softmax over both: the same
+        # attention as writing k into slot input_pos first, without copying the cache.
+        s_past = torch.matmul(q, k_cache.transpose(-1, -2)).masked_fill(hidden, float("-inf"))
+        s_new = (q * k).sum(-1, keepdim=True)
+        p = (torch.cat([s_past, s_new], dim=-1) * self.scale).softmax(dim=-1)
+        return torch.matmul(p[..., :-1], v_cache) + p[..., -1:] * v
+
+
+class SharedDecodeGraph(_DecodeStepGraph):
+    """Shared layout (see the module docstring): the prompts' cache once, per-row generated slots."""
+
+    def hidden_slots(self, input_pos, cache):
+        slots = torch.arange(cache[2].shape[2], device=input_pos.device)
+        return (slots >= input_pos - cache[0].shape[2]).view(1, 1, 1, -1)  # not generated yet
+
+    def attend(self, q, k, v, cache, i, hidden):
+        prompt_k, prompt_v, gen_k, gen_v = cache[4 * i: 4 * i + 4]
+        b, (g, heads, plen, d), n_gen = q.shape[0], prompt_k.shape, gen_k.shape[2]
+        # The rows of one prompt are the query rows of one matmul against its keys: [G, H, B/G, P].
+        s_prompt = torch.matmul(q.reshape(g, -1, heads, d).transpose(1, 2), prompt_k.transpose(-1, -2))
+        s_gen = torch.matmul(q, gen_k.transpose(-1, -2)).masked_fill(hidden, float("-inf"))
+        s_new = (q * k).sum(-1, keepdim=True)
+        s_rows = torch.cat([s_gen, s_new], dim=-1).reshape(g, -1, heads, n_gen + 1).transpose(1, 2)
+        p = (torch.cat([s_prompt, s_rows], dim=-1) * self.scale).softmax(dim=-1)
+        y_prompt = torch.matmul(p[..., :plen], prompt_v).transpose(1, 2).reshape(b, heads, 1, d)
+        p_rows = p[..., plen:].transpose(1, 2).reshape(b, heads, 1, -1)
+        return y_prompt + torch.matmul(p_rows[..., :-1], gen_v) + p_rows[..., -1:] * v
 
 
 class EncodeGraph(nn.Module):
