@@ -76,7 +76,7 @@ PRESETS: dict[str, dict] = {
     # Same shapes as the golden tiny model (official_golden.md (a)); for tests.
     "tiny": dict(dim=64, n_layer=2, n_head=4, vocab_size=50, grid_size=4),
     # CPU-trainable (the shipped model): 8x8 token grids, 2.65M parameters in the blocks
-    # (+ 2*192*vocab for embedding and head); about a second per 32-sequence step on 2 cores.
+    # (+ 2*192*vocab for embedding and head); about 1.35 s per 16-sequence training step on 2 cores.
     "small": dict(dim=192, n_layer=6, n_head=6, grid_size=8),
     # LlamaGen sizes; GPT-XXL with the default vocabulary and grid is the released GST model.
     "GPT-B": dict(dim=768, n_layer=12, n_head=12),
