@@ -52,6 +52,9 @@ OPSET = 17
 # Measured on the 2-core dev machine (tiny bundle, 8 graphs): the TorchScript exporter takes ~1 s per
 # graph, the dynamo exporter ~15 s, with the same ORT parity; the TorchScript path is used.
 EXPORTER = f"torch {torch.__version__} torch.onnx.export(dynamo=False)"
+# The code the graphs are traced from: an export cached by other code is stale even at the same format.
+EXPORTER_SOURCE = hashlib.sha256(b"".join(
+    (Path(__file__).parent / name).read_bytes() for name in ("export.py", "transformer.py", "tokenizer.py"))).hexdigest()
 _EXTERNAL_MIN_BYTES = 1024  # smaller initializers stay inside the graph
 _ALIGN = 64
 
@@ -363,6 +366,7 @@ def export_bundle(bundle, out_dir: str | Path, static_batch: int | None = None,
         manifest = {
             "format": EXPORT_FORMAT,
             "exporter": EXPORTER,
+            "exporter_source": EXPORTER_SOURCE,
             "onnx_version": onnx.__version__,
             "model_sha256": bundle_digest(bundle),
             "config": bundle.config_dict(),

@@ -207,9 +207,14 @@ def test_export_cache_is_keyed_by_model_content(bundle, model_dir, tmp_path, mon
     monkeypatch.setattr(ort_runtime, "export_bundle", lambda b, path, static_batch: calls.append(path))
     rt = OrtRuntime(bundle, cache_root=tmp_path, static_batch=STATIC_BATCH, threads=1)
     assert rt.model_dir == cached and calls == []  # found by content hash, not re-exported
+    manifest = json.loads((cached / "manifest.json").read_text())
+    (cached / "manifest.json").write_text(json.dumps({**manifest, "exporter_source": "older code"}))
+    ort_runtime.ensure_export(bundle, None, tmp_path, STATIC_BATCH)
+    assert calls == [cached]  # traced by other code: re-exported
+    (cached / "manifest.json").write_text(json.dumps(manifest))
     (cached / "decode.onnx").write_bytes(b"damaged")
     ort_runtime.ensure_export(bundle, None, tmp_path, STATIC_BATCH)
-    assert calls == [cached]  # a damaged export is replaced, never used
+    assert calls == [cached, cached]  # a damaged export is replaced, never used
 
 
 def test_pipeline_onnxruntime_matches_torch(bundle, model_dir):

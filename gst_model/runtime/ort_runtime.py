@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from gst_model.export import bundle_digest, export_bundle, load_manifest
+from gst_model.export import EXPORTER_SOURCE, bundle_digest, export_bundle, load_manifest
 from gst_model.generate import allowed_schedule, sample_from_logits
 from gst_model.runtime import SamplingParams
 
@@ -22,7 +22,8 @@ def default_cache_root() -> Path:
 
 def ensure_export(bundle, model_dir: str | Path | None = None, cache_root: str | Path | None = None,
                   static_batch: int | None = None) -> Path:
-    """model_dir as given, else <cache_root>/<model sha256>[-b<static batch>], exported if missing."""
+    """model_dir as given, else <cache_root>/<model sha256>[-b<static batch>], exported if missing, damaged
+    or made by other exporter code."""
     if model_dir is not None:
         return Path(model_dir)
     digest = bundle_digest(bundle)
@@ -30,7 +31,7 @@ def ensure_export(bundle, model_dir: str | Path | None = None, cache_root: str |
     path = Path(cache_root or default_cache_root()) / name
     try:
         manifest = load_manifest(path, verify=True)
-        if manifest["model_sha256"] == digest:
+        if manifest["model_sha256"] == digest and manifest.get("exporter_source") == EXPORTER_SOURCE:
             return path
     except (FileNotFoundError, ValueError):
         pass  # missing, foreign or damaged: export afresh
