@@ -157,16 +157,36 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBu
         modules = {"transformer": Transformer(transformer_cfg), "image_tokenizer": VQModel(image_cfg),
                    "camera_tokenizer": VQModel(camera_cfg)}
     for part, module in modules.items():
-        file = path / f"{part}.safetensors"
-        if not file.is_file():
-            raise FileNotFoundError(f"checkpoint {path} is missing {file.name}")
-        try:
-            state = load_file(str(file), device=str(device))
-        except Exception as exc:  # safetensors raises its own error types for truncated/corrupt files
-            raise ValueError(f"corrupt weights file {file}: {exc}") from exc
-        _load_strict(module, state, file)
-        modules[part] = module.to(device)
+        modules[part] = load_weights(module, path / f"{part}.safetensors", device)
     return ModelBundle(**modules, view=view, metadata=cfg.get("metadata", {})).eval()
+
+
+def load_part(path: str | Path, part: str, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """One part ("transformer", "image_tokenizer" or "camera_tokenizer") of a checkpoint directory."""
+    path = Path(path)
+    cfg = read_config(path)
+    if part not in _PARTS:
+        raise ValueError(f"unknown checkpoint part {part!r}; choose from {_PARTS}")
+    try:
+        config = (GSTConfig if part == "transformer" else VQConfig)(**cfg[part])
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{path / 'config.json'}: invalid {part} configuration: {exc}") from exc
+    with torch.device("meta"):
+        module = Transformer(config) if part == "transformer" else VQModel(config)
+    return load_weights(module, path / f"{part}.safetensors", device).eval()
+
+
+def load_weights(module: torch.nn.Module, file: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Strictly load a safetensors file into `module` (meta or real); returns the module on `device`."""
+    file = Path(file)
+    if not file.is_file():
+        raise FileNotFoundError(f"checkpoint {file.parent} is missing {file.name}")
+    try:
+        state = load_file(str(file), device=str(device))
+    except Exception as exc:  # safetensors raises its own error types for truncated/corrupt files
+        raise ValueError(f"corrupt weights file {file}: {exc}") from exc
+    _load_strict(module, state, file)
+    return module.to(device)
 
 
 def _load_strict(module: torch.nn.Module, state: dict, source) -> None:

@@ -58,6 +58,11 @@ def sample_from_logits(
     return (choice if candidates is None else candidates.gather(-1, choice)).squeeze(-1)
 
 
+def prompt_copies(prompt: torch.Tensor) -> int:
+    """Rows per distinct prompt: N when all N rows are one prompt (N hypotheses of one query), else 1."""
+    return prompt.shape[0] if prompt.shape[0] > 1 and bool((prompt == prompt[:1]).all()) else 1
+
+
 def _guided_last_logits(model: Transformer, tokens: torch.Tensor, input_pos: torch.Tensor,
                         cfg_scale: float) -> torch.Tensor:
     """Run the cached model on tokens [B', T]; return the (guided) logits of the last position."""
@@ -154,7 +159,7 @@ def generate(
     was_training = model.training
     model.eval()  # dropout off; restored below so generate leaves the model as it found it
     # N hypotheses of one query share the prompt: prefill it once, keep its keys/values once.
-    copies = batch if batch > 1 and bool((prompt == prompt[:1]).all()) else 1
+    copies = prompt_copies(prompt)
     prompts = batch // copies
     model.setup_caches(prompts * 2 if cfg_scale > 1.0 else prompts, start_pos + plen)
     try:

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from gst_model import geometry
-from gst_model.checkpoint import load_bundle
+from gst_model.checkpoint import load_part
 from gst_model.data.token_cache import TokenCache
 from gst_model.tokenizer import VQConfig, VQModel
 from training.common import config_cli, config_to_dict, setup_logging
@@ -42,7 +42,7 @@ def load_trained_tokenizer(directory: str | Path, kind: str) -> VQModel:
     JSON + safetensors weights) or of a model directory (config.json + <kind>_tokenizer.safetensors)."""
     directory = Path(directory)
     if (directory / "config.json").is_file():  # a model bundle, e.g. gst_model/weights/default
-        return getattr(load_bundle(directory), f"{kind}_tokenizer").eval()
+        return load_part(directory, f"{kind}_tokenizer")
     cfg_file, weights = directory / "tokenizer_config.json", directory / "tokenizer.safetensors"
     for f in (cfg_file, weights):
         if not f.is_file():

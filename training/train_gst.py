@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from gst_model.checkpoint import load_weights
 from gst_model.data.token_cache import TokenCache
 from gst_model.transformer import GSTConfig, Transformer
 from gst_model.vocab import Task, Vocabulary
@@ -262,21 +263,14 @@ def main(cfg: GSTTrainConfig) -> Path:
 
 def load_transformer_weights(model: Transformer, source: str | Path) -> None:
     """Load transformer weights for fine-tuning from a model directory or a .safetensors file."""
-    from safetensors.torch import load_file
-
     path = Path(source)
     if path.is_dir():
         path = path / "transformer.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"init_from: no transformer weights at {path}")
-    weights = load_file(str(path))
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in weights.items()}
-    if got != expected:
-        diff = sorted(k for k in expected.keys() | got.keys() if expected.get(k) != got.get(k))
+    try:
+        load_weights(model, path, model.tok_embeddings.weight.device)
+    except ValueError as exc:
         raise ValueError(f"init_from {path}: parameters differ from the configured model (preset, vocabulary, "
-                         f"grid): {diff[:5]}{' ...' if len(diff) > 5 else ''}")
-    model.load_state_dict(weights)
+                         f"grid): {exc}") from exc
     log.info("initialised the transformer from %s", path)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from gst_model.export import EXPORTER_SOURCE, bundle_digest, export_bundle, load_manifest
-from gst_model.generate import allowed_schedule, sample_from_logits
+from gst_model.generate import allowed_schedule, prompt_copies, sample_from_logits
 from gst_model.runtime import SamplingParams
 
 
@@ -131,7 +131,7 @@ cache on the device; the ONNX Runtime CPU back-end hands them to ORT as zero-cop
         if num_new_tokens < 1:
             raise ValueError("num_new_tokens must be >= 1")
         prompt = prompt.detach().to(self.device, torch.long)
-        batch, plen = prompt.shape
+        plen = prompt.shape[1]
         if plen + num_new_tokens - 1 > self.max_seq_len:
             raise ValueError(f"{plen + num_new_tokens} positions exceed the model's max_seq_len {self.max_seq_len}")
         schedule = allowed_schedule(segment_ranges, num_new_tokens)
@@ -140,7 +140,7 @@ cache on the device; the ONNX Runtime CPU back-end hands them to ORT as zero-cop
         if self.static:
             self._pad(rows)  # raises before any work if the batch does not fit the static graphs
         # N hypotheses of one query: prefill the prompt once (per CFG half) and share its cache.
-        copies = batch if batch > 1 and bool((prompt == prompt[:1]).all()) else 1
+        copies = prompt_copies(prompt)
         logits, kv = self.prefill(rows[::copies], torch.arange(plen, device=self.device))
         step = self._static_steps(kv, copies, plen) if self.static else self._shared_steps(kv, rows, num_new_tokens)
 
