@@ -153,6 +153,18 @@ def test_config_rejects_unknown_keys(tmp_path):
         load_config(train_gst.GSTTrainConfig, None, ["optim.lrr=1"])
 
 
+def test_config_reads_exponent_numbers(tmp_path):
+    """YAML 1.1 parses `1e-3` as a string; number fields still get a number, and bad text a clear error."""
+    from training.common import load_config
+
+    (tmp_path / "c.yaml").write_text("optim: {lr: 3e-4}\nbatch_size: 8\n")
+    cfg = load_config(train_gst.GSTTrainConfig, tmp_path / "c.yaml", ["optim.weight_decay=1e-2", "optim.max_steps=20"])
+    assert cfg.optim.lr == 3e-4 and cfg.optim.weight_decay == 1e-2 and cfg.optim.max_steps == 20
+    assert isinstance(cfg.optim.lr, float) and isinstance(cfg.optim.max_steps, int)
+    with pytest.raises(ValueError, match="OptimConfig.lr must be float"):
+        load_config(train_gst.GSTTrainConfig, None, ["optim.lr=fast"])
+
+
 def test_gst_log_reports_whether_the_pose_reads_the_images(built):
     _, cfg = built
     import csv

@@ -59,9 +59,19 @@ def _build(cls, data: dict[str, Any]):
             kwargs[name] = _build(type(sub()), value)
         elif isinstance(value, list) and "tuple" in str(hints[name]):
             kwargs[name] = tuple(value)
+        elif str(hints[name]) in ("float", "int") and isinstance(value, (str, int)) and not isinstance(value, bool):
+            kwargs[name] = _number(cls.__name__, name, value, float if str(hints[name]) == "float" else int)
         else:
             kwargs[name] = value
     return cls(**kwargs)
+
+
+def _number(owner: str, name: str, value: str | int, kind: type) -> float | int:
+    """YAML 1.1 reads `1e-3` (no dot) as a string; accept it where the field is a number."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"{owner}.{name} must be {kind.__name__}, got {value!r}") from None
 
 
 def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | None = None) -> C:
