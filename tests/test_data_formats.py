@@ -365,3 +365,30 @@ def test_token_cache_build_and_load(tmp_path):
     image, _ = ds.view(1, 2)
     np.testing.assert_array_equal(cache.image_codes[6], encode_image(to_tensor(image)[None])[0])
     np.testing.assert_allclose(cache.view_c2w[6], scenes[1].views[2].c2w)
+
+
+def test_token_cache_concatenate_renumbers_rows(tmp_path):
+    """Pairs of the second cache still point at their own views' codes, scenes keep their view ranges."""
+    def cache(name_prefix, views_per_scene, n_scenes, code_base):
+        v = views_per_scene * n_scenes
+        pairs = np.array([(s * views_per_scene, s * views_per_scene + 1) for s in range(n_scenes)])
+        return TokenCache(image_codes=code_base + np.arange(v * 2, dtype=np.int32).reshape(v, 2),
+                          scene=np.repeat(np.arange(n_scenes), views_per_scene), view_c2w=np.tile(np.eye(4), (v, 1, 1)),
+                          view_K=np.tile(np.eye(3), (v, 1, 1)), pairs=pairs,
+                          rel_c2w=np.tile(np.eye(4), (len(pairs), 1, 1)),
+                          camera_codes=code_base + np.arange(len(pairs) * 2, dtype=np.int32).reshape(-1, 2),
+                          scene_names=np.array([f"{name_prefix}{s}" for s in range(n_scenes)]),
+                          view_offsets=np.arange(n_scenes + 1) * views_per_scene)
+
+    a, b = cache("a", 3, 2, 0), cache("b", 4, 3, 1000)
+    both = TokenCache.concatenate([a, b])
+    both.save(tmp_path / "train.npz")
+    both = TokenCache.load(tmp_path / "train.npz")  # load checks every pair names a cached view
+    assert both.num_views == 6 + 12 and both.num_pairs == 2 + 3
+    for src, base_pair, base_view in ((a, 0, 0), (b, 2, 6)):
+        for p in range(src.num_pairs):
+            np.testing.assert_array_equal(both.image_codes[both.pairs[base_pair + p]], src.image_codes[src.pairs[p]])
+            np.testing.assert_array_equal(both.camera_codes[base_pair + p], src.camera_codes[p])
+        for name in src.scene_names:
+            assert [r - base_view for r in both.views_of(name)] == list(src.views_of(name))
+    assert list(both.scene) == [0] * 3 + [1] * 3 + [2] * 4 + [3] * 4 + [4] * 4

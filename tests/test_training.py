@@ -1,5 +1,6 @@
 """Training end to end at toy scale: data -> tokenizers -> tokens -> GST (+ exact resume, DDP) -> bundle
 -> evaluation, through the same `training.build_default` command that builds the shipped model."""
+import json
 import os
 import subprocess
 import sys
@@ -33,6 +34,7 @@ def toy_config(tmp: Path) -> dict:
     cfg["gst"]["optim"].update(short)
     cfg["evaluate"].update(pairs=2, num_samples=2)
     cfg["pairs"] = pairs
+    cfg["extra_train_data"] = {"synthetic": {"out": str(tmp / "extra_data"), "scenes": 2, "seed": 99, "workers": 1}}
     return cfg
 
 
@@ -221,6 +223,42 @@ def test_dead_code_restart_reseeds_unused_rows_at_current_latents():
     assert (cosine.max(dim=1).values > 0.99).all()  # each re-seeded row sits on a latent of the batch
     assert (opt.state[weight]["exp_avg"][~live] == 0).all()
     assert restarter.restart(enc, np.random.default_rng(0)) == 0  # re-seeded rows get a fresh grace period
+
+
+def test_extra_training_scenes_are_rendered_tokenized_and_trained_on(built):
+    from gst_model.data.token_cache import TokenCache
+
+    _, cfg = built
+    runs = Path(cfg["runs"])
+    main, extra = TokenCache.load(runs / "tokens" / "train.npz"), TokenCache.load(runs / "extra_tokens" / "train.npz")
+    assert len(extra.scene_names) == 2 and not set(extra.scene_names) & set(main.scene_names)
+    for split in ("val", "test"):  # held-out scenes stay those of the main dataset
+        assert not (runs / "extra_tokens" / f"{split}.npz").exists()
+    digests = [json.loads((runs / d / "meta.json").read_text())["tokenizers_sha256"] for d in ("tokens", "extra_tokens")]
+    assert digests[0] == digests[1]
+    state = torch.load(runs / "gst" / "last" / "trainer_state.pt", map_location="cpu", weights_only=True)
+    assert state["config"]["extra_train_tokens"] == [str(runs / "extra_tokens")]
+    with pytest.raises(ValueError, match="its own seed"):
+        build_default.make_extra_tokens(cfg, {"synthetic": {"out": "elsewhere"}}, {})
+
+
+def test_extra_token_caches_join_only_with_the_same_tokenizers(built, tmp_path):
+    import shutil
+    from training.data import load_token_caches, load_tokens
+
+    _, cfg = built
+    tokens_dir = Path(cfg["runs"]) / "tokens"
+    meta = json.loads((tokens_dir / "meta.json").read_text())
+    assert set(meta["tokenizers_sha256"]) == {"image", "camera"}
+    one, _ = load_tokens(tokens_dir, "train")
+    twice, _ = load_token_caches([tokens_dir, tokens_dir], "train")
+    assert twice.num_pairs == 2 * one.num_pairs and twice.num_views == 2 * one.num_views
+    other = tmp_path / "other_tokens"
+    shutil.copytree(tokens_dir, other)
+    meta["tokenizers_sha256"]["camera"] = "0" * 64  # made with another camera tokenizer
+    (other / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="other tokenizers"):
+        load_token_caches([tokens_dir, other], "train")
 
 
 def test_codebook_init_keeps_the_tokenizers_code_similarities(built):

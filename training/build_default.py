@@ -7,6 +7,9 @@ Steps (each skipped when its output already exists, so an interrupted build resu
   camera_tokenizer train the camera VQ-VAE on the pairs' relative ray maps
   image_tokenizer  train the small image VQGAN
   tokenize         pre-tokenise every pair (train / val / test)
+  extra_data       (only with an `extra_train_data` section) render more training-only scenes and
+                   tokenise them with the same tokenizers: the transformer trains on both caches, the
+                   tokenizers, validation and test stay those of the main dataset
   gst              train the transformer on both layouts
   bundle           assemble the checkpoint directory (safetensors + config.json) at `out`
   evaluate         evaluate on the held-out test split; report next to the weights
@@ -31,7 +34,7 @@ from training import evaluate, tokenize_dataset, train_gst, train_tokenizer
 from training.common import _build, setup_logging
 
 log = logging.getLogger("gst.build_default")
-STEPS = ("synthetic", "camera_tokenizer", "image_tokenizer", "tokenize", "gst", "bundle", "evaluate")
+STEPS = ("synthetic", "camera_tokenizer", "image_tokenizer", "tokenize", "extra_data", "gst", "bundle", "evaluate")
 
 
 def run(config_path: str, steps: list[str]) -> None:
@@ -40,7 +43,8 @@ def run(config_path: str, steps: list[str]) -> None:
     runs, out = Path(cfg["runs"]), Path(cfg["out"])
     torch.set_num_threads(int(cfg.get("threads", 0)) or torch.get_num_threads())
     paths = {"camera_tokenizer": runs / "camera_tokenizer", "image_tokenizer": runs / "image_tokenizer",
-             "tokens": runs / "tokens", "gst": runs / "gst"}
+             "tokens": runs / "tokens", "extra_tokens": runs / "extra_tokens", "gst": runs / "gst"}
+    extra = cfg.get("extra_train_data")
 
     if "synthetic" in steps:
         syn = _build(SyntheticConfig, {**cfg["synthetic"]})
@@ -62,9 +66,12 @@ def run(config_path: str, steps: list[str]) -> None:
             tokenize_dataset.main(_build(tokenize_dataset.TokenizeConfig, {
                 **cfg["tokenize"], "camera": str(paths["camera_tokenizer"]), "image": str(paths["image_tokenizer"]),
                 "out": str(paths["tokens"])}))
+    if "extra_data" in steps and extra:
+        make_extra_tokens(cfg, extra, paths)
     if "gst" in steps:
-        train_gst.main(_build(train_gst.GSTTrainConfig, {**cfg["gst"], "tokens": str(paths["tokens"]),
-                                                           "out": str(paths["gst"]), "threads": cfg.get("threads", 0)}))
+        train_gst.main(_build(train_gst.GSTTrainConfig, {
+            **cfg["gst"], "tokens": str(paths["tokens"]), "out": str(paths["gst"]), "threads": cfg.get("threads", 0),
+            "extra_train_tokens": [str(paths["extra_tokens"])] if extra else []}))
     if "bundle" in steps:
         assemble(cfg, paths, out)
     if "evaluate" in steps:
@@ -74,6 +81,26 @@ def run(config_path: str, steps: list[str]) -> None:
                        "--seed", str(ev["seed"]), "--image-size", str(cfg["pairs"]["image_size"]),
                        "--max-rot", str(cfg["pairs"]["max_rot_deg"]), "--threads", str(cfg.get("threads", 0)),
                        "--out", str(out / "evaluation")])
+
+
+def make_extra_tokens(cfg: dict, extra: dict, paths: dict[str, Path]) -> None:
+    """Render `extra["synthetic"]` (overrides of the main synthetic section: another seed and out, more
+    scenes; every scene goes to train) and tokenise it like the main data."""
+    syn = _build(SyntheticConfig, {**cfg["synthetic"], **extra["synthetic"], "split_fractions": [1.0, 0.0, 0.0]})
+    if syn.seed == cfg["synthetic"]["seed"] or Path(syn.out) == Path(cfg["synthetic"]["out"]):
+        raise ValueError("extra_train_data.synthetic needs its own seed and out: the same seed would render "
+                         "the main dataset's scenes (its test scenes too) again")
+    if (Path(syn.out) / "manifest.json").is_file():
+        log.info("extra synthetic data exists at %s: skipped", syn.out)
+    else:
+        make_dataset(syn)
+    if (paths["extra_tokens"] / "train.npz").is_file():
+        log.info("extra tokens exist: skipped")
+        return
+    tokenize_dataset.main(_build(tokenize_dataset.TokenizeConfig, {
+        **cfg["tokenize"], "data": {**cfg["tokenize"]["data"], "root": syn.out}, "splits": ["train"],
+        "camera": str(paths["camera_tokenizer"]), "image": str(paths["image_tokenizer"]),
+        "out": str(paths["extra_tokens"])}))
 
 
 def assemble(cfg: dict, paths: dict[str, Path], out: Path) -> Path:
@@ -89,7 +116,7 @@ def assemble(cfg: dict, paths: dict[str, Path], out: Path) -> Path:
         grid_size=tokens_meta["grid_size"], **gst_cfg.get("model_overrides", {})))
     transformer.load_state_dict(state, strict=True)
     metadata = {
-        "name": "gst_ros default (synthetic indoor scenes, CPU-trained)",
+        "name": cfg.get("name", "gst_ros default (synthetic indoor scenes)"),
         "trained": True,
         "training_steps": int(saved["step"]),
         "scale_mode": cfg["pairs"]["scale_mode"],

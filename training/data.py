@@ -57,6 +57,27 @@ def view_images(ds: PairDataset) -> np.ndarray:
     return np.stack(views).transpose(0, 3, 1, 2).copy()
 
 
+def load_token_caches(directories: list[str | Path], split: str) -> tuple[TokenCache, Vocabulary]:
+    """One split of several token caches as one (e.g. the synthetic data plus a user's own); they must
+    have been made with the same tokenizers."""
+    loaded = [load_tokens(d, split) for d in directories]
+    vocab = loaded[0][1]
+    tokenizers = [_tokenizer_identity(d) for d in directories]
+    for d, (_, v), names in zip(directories, loaded, tokenizers):
+        if v != vocab or names != tokenizers[0]:
+            raise ValueError(f"{d} was tokenized with other tokenizers ({names}, {v}) than {directories[0]} "
+                             f"({tokenizers[0]}, {vocab}): token ids would mean different things")
+    return TokenCache.concatenate([c for c, _ in loaded]), vocab
+
+
+def _tokenizer_identity(directory: str | Path) -> dict:
+    """The tokenizers' weight digests (caches older than them: the tokenizer paths they were made with)."""
+    meta = json.loads((Path(directory) / "meta.json").read_text())
+    if "tokenizers_sha256" in meta:
+        return meta["tokenizers_sha256"]
+    return {k: str(meta.get("config", {}).get(k)) for k in ("image", "camera")}
+
+
 def load_tokens(directory: str | Path, split: str) -> tuple[TokenCache, Vocabulary]:
     """A split's token cache and the vocabulary recorded beside it by training.tokenize_dataset."""
     directory = Path(directory)

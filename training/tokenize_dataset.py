@@ -8,6 +8,7 @@ vocabulary sizes and grid the transformer must use.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from gst_model import geometry
 from gst_model.checkpoint import load_part
 from gst_model.data.token_cache import TokenCache
 from gst_model.tokenizer import VQConfig, VQModel
-from training.common import config_cli, config_to_dict, setup_logging
+from training.common import config_cli, config_to_dict, pick_device, setup_logging
 from training.data import PairConfig, pair_dataset
 
 log = logging.getLogger("gst.tokenize")
@@ -35,7 +36,7 @@ class TokenizeConfig:
     ray_size: int = 32
     splits: tuple[str, ...] = ("train", "val", "test")
     batch_size: int = 64
-
+    device: str = "auto"  # the tokenizers run here (CUDA when present); codes are stored on the host
 
 def load_trained_tokenizer(directory: str | Path, kind: str) -> VQModel:
     """The `kind` ("image" or "camera") tokenizer of a training.train_tokenizer output directory (config
@@ -53,9 +54,21 @@ def load_trained_tokenizer(directory: str | Path, kind: str) -> VQModel:
     return model.eval()
 
 
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 over parameter names and values: caches made with equal digests share one token vocabulary."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def main(cfg: TokenizeConfig) -> Path:
     setup_logging(True)
     image_vq, camera_vq = load_trained_tokenizer(cfg.image, "image"), load_trained_tokenizer(cfg.camera, "camera")
+    digests = {"image": weights_digest(image_vq), "camera": weights_digest(camera_vq)}
+    device = pick_device(cfg.device)
+    image_vq, camera_vq = image_vq.to(device), camera_vq.to(device)
     grid = image_vq.latent_grid(cfg.data.image_size)
     if camera_vq.latent_grid(cfg.ray_size) != grid:
         raise ValueError(f"image grid {grid} != camera grid {camera_vq.latent_grid(cfg.ray_size)}")
@@ -65,14 +78,18 @@ def main(cfg: TokenizeConfig) -> Path:
         K = K_target.clone()
         K[:, :2] *= scale  # K is for the dataset's image size; the ray map is smaller
         rays = geometry.plucker_rays_from_intrinsics(rel_c2w, K, cfg.ray_size, cfg.ray_size)
-        return camera_vq.encode_indices(rays.float())
+        return camera_vq.encode_indices(rays.float().to(device))
+
+    def encode_image(images: torch.Tensor) -> torch.Tensor:
+        return image_vq.encode_indices(images.to(device))
 
     out = Path(cfg.out)
     meta = {"image_codes": image_vq.config.codebook_size, "camera_codes": camera_vq.config.codebook_size,
-            "grid_size": grid[0], "ray_size": cfg.ray_size, "config": config_to_dict(cfg)}
+            "grid_size": grid[0], "ray_size": cfg.ray_size, "config": config_to_dict(cfg),
+            "tokenizers_sha256": digests}
     for split in cfg.splits:
         ds = pair_dataset(cfg.data, split)
-        cache = TokenCache.build(ds, image_vq.encode_indices, encode_camera, out / f"{split}.npz",
+        cache = TokenCache.build(ds, encode_image, encode_camera, out / f"{split}.npz",
                                  batch_size=cfg.batch_size, meta=meta)
         log.info("%s: %d views, %d pairs", split, cache.num_views, cache.num_pairs)
     return out

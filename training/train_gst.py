@@ -34,7 +34,7 @@ from training.common import (config_cli, EMA, CsvLog, OptimConfig, all_reduce_me
                              config_to_dict, full_state, load_training_state, lr_at, pick_device,
                              plot_curves, save_training_state, seed_everything, setup_distributed,
                              setup_logging, unwrap)
-from training.data import load_tokens
+from training.data import load_token_caches, load_tokens
 
 log = logging.getLogger("gst.train_gst")
 
@@ -42,6 +42,9 @@ log = logging.getLogger("gst.train_gst")
 @dataclass
 class GSTTrainConfig:
     tokens: str = "runs/tokens"  # directory written by training.tokenize_dataset
+    # More token caches (same tokenizers) whose train splits are added, e.g. a user's own data next to the
+    # synthetic set; validation stays on `tokens`.
+    extra_train_tokens: list[str] = field(default_factory=list)
     out: str = "runs/gst"
     preset: str = "small"
     model_overrides: dict = field(default_factory=dict)  # e.g. {n_layer: 4}
@@ -178,7 +181,7 @@ def main(cfg: GSTTrainConfig) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)  # the same initial weights on every rank (FSDP, unlike DDP, does not broadcast them)
-    train, vocab = load_tokens(cfg.tokens, "train")
+    train, vocab = load_token_caches([cfg.tokens, *cfg.extra_train_tokens], "train")
     val, _ = load_tokens(cfg.tokens, "val")
     grid = int(round(vocab.tokens_per_view ** 0.5))
     model_cfg = GSTConfig.from_preset(cfg.preset, vocab_size=vocab.size, grid_size=grid, **cfg.model_overrides)

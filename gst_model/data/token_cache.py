@@ -93,6 +93,22 @@ class TokenCache:
         cache.save(out_path, meta)
         return cache
 
+    @classmethod
+    def concatenate(cls, caches: list["TokenCache"]) -> "TokenCache":
+        """One cache holding the scenes of all `caches` (made with the same tokenizers), rows renumbered."""
+        if not caches:
+            raise ValueError("nothing to concatenate")
+        view_base = np.cumsum([0] + [c.num_views for c in caches])
+        scene_base = np.cumsum([0] + [len(c.scene_names) for c in caches])
+        return cls(
+            np.concatenate([c.image_codes for c in caches]),
+            np.concatenate([c.scene + b for c, b in zip(caches, scene_base)]),
+            np.concatenate([c.view_c2w for c in caches]), np.concatenate([c.view_K for c in caches]),
+            np.concatenate([c.pairs + b for c, b in zip(caches, view_base)]),
+            np.concatenate([c.rel_c2w for c in caches]), np.concatenate([c.camera_codes for c in caches]),
+            np.concatenate([c.scene_names for c in caches]),
+            np.concatenate([caches[0].view_offsets[:1]] + [c.view_offsets[1:] + b for c, b in zip(caches, view_base)]))
+
     def save(self, out_path: Path, meta: dict | None = None) -> None:
         out_path = Path(out_path)
         out_path.parent.mkdir(parents=True, exist_ok=True)
