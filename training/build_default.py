@@ -1,6 +1,7 @@
-"""Build the shipped default model end to end, on a 2-core CPU in about 80 minutes:
+"""Build the default model end to end from one config:
 
-    python -m training.build_default --config training/configs/default.yaml
+    python -m training.build_default --config training/configs/default_gpu.yaml  # the shipped weights (GPU)
+    python -m training.build_default --config training/configs/default.yaml      # 2-core CPU alone, ~80 min
 
 Steps (each skipped when its output already exists, so an interrupted build resumes):
   synthetic        render the synthetic dataset (gst_model.data.make_synthetic)
