@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.gst_setup_done
 SHELL  := /bin/bash
 
-.PHONY: setup test test-fast demo conformance bench export train-default clean
+.PHONY: setup test test-fast demo conformance bench clean
 
 setup: $(STAMP)
 
