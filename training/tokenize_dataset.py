@@ -38,6 +38,7 @@ class TokenizeConfig:
     batch_size: int = 64
     device: str = "auto"  # the tokenizers run here (CUDA when present); codes are stored on the host
 
+
 def load_trained_tokenizer(directory: str | Path, kind: str) -> VQModel:
     """The `kind` ("image" or "camera") tokenizer of a training.train_tokenizer output directory (config
     JSON + safetensors weights) or of a model directory (config.json + <kind>_tokenizer.safetensors)."""
