@@ -109,12 +109,25 @@ def test_alternating_objective_runs(built, tmp_path):
 def _torchrun_gst(cfg: dict, out: Path, steps: int, *extra: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))}
     env["OMP_NUM_THREADS"] = "1"
+    env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU (gloo) path; on a GPU machine nccl would want a GPU per process
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "training.train_gst", f"tokens={Path(cfg['runs']) / 'tokens'}", f"out={out}",
            "preset=tiny", "batch_size=2", f"optim.max_steps={steps}", "optim.warmup_steps=1", "eval_every=2",
            "save_every=2", "eval_batches=1", *extra]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    from training.common import setup_distributed
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(RuntimeError, match="one GPU per process"):
+        setup_distributed()
 
 
 def test_two_process_ddp_and_fsdp_with_gloo(built, tmp_path):

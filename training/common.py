@@ -111,9 +111,14 @@ def setup_distributed() -> DistInfo:
     """Initialise DDP when launched by torchrun (RANK set); gloo on CPU, nccl on GPUs."""
     if "RANK" not in os.environ:
         return DistInfo()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available() and local_rank >= torch.cuda.device_count():
+        raise RuntimeError(f"process with LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) "
+                           "visible: nccl needs one GPU per process (torchrun --nproc_per_node <= GPUs), or hide "
+                           "the GPUs (CUDA_VISIBLE_DEVICES=) to train on CPU processes with gloo")
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend=backend)
-    info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    info = DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
     if torch.cuda.is_available():
         torch.cuda.set_device(info.local_rank)
     return info
