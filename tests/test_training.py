@@ -255,6 +255,29 @@ def test_extra_training_scenes_are_rendered_tokenized_and_trained_on(built):
         build_default.make_extra_tokens(cfg, {"synthetic": {"out": "elsewhere"}}, {})
 
 
+def test_build_resumes_only_on_outputs_made_from_the_same_inputs(built, tmp_path):
+    """Finished steps are skipped, but data or tokens made with other settings are an error, not reused."""
+    from gst_model.data.make_synthetic import SyntheticConfig
+    from training.common import _build
+
+    _, cfg = built
+    extra = _build(SyntheticConfig, {**cfg["synthetic"], **cfg["extra_train_data"]["synthetic"],
+                                     "split_fractions": [1.0, 0.0, 0.0], "workers": 3})
+    build_default.render_unless_present(extra)  # present and equal (worker count aside): skipped
+    extra.scenes += 1
+    with pytest.raises(ValueError, match="other settings"):
+        build_default.render_unless_present(extra)
+
+    runs, data = Path(cfg["runs"]), Path(cfg["synthetic"]["out"])
+    assert build_default.tokens_present(runs / "tokens", str(data), ("train", "val", "test"))
+    assert not build_default.tokens_present(tmp_path / "none", str(data), ("train",))
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["splits"]["train"] = manifest["splits"]["train"][1:]  # the data now holds other scenes
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="other scenes"):
+        build_default.tokens_present(runs / "tokens", str(tmp_path), ("train",))
+
+
 def test_extra_token_caches_join_only_with_the_same_tokenizers(built, tmp_path):
     import shutil
     from training.data import load_token_caches, load_tokens

@@ -22,8 +22,10 @@ import argparse
 import json
 import logging
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -48,11 +50,7 @@ def run(config_path: str, steps: list[str]) -> None:
     extra = cfg.get("extra_train_data")
 
     if "synthetic" in steps:
-        syn = _build(SyntheticConfig, {**cfg["synthetic"]})
-        if (Path(syn.out) / "manifest.json").is_file():
-            log.info("synthetic data exists at %s: skipped", syn.out)
-        else:
-            make_dataset(syn)
+        render_unless_present(_build(SyntheticConfig, {**cfg["synthetic"]}))
     for kind in ("camera_tokenizer", "image_tokenizer"):
         if kind in steps:
             if (paths[kind] / "tokenizer.safetensors").is_file():
@@ -61,7 +59,7 @@ def run(config_path: str, steps: list[str]) -> None:
             train_tokenizer.main(_build(train_tokenizer.TokenizerTrainConfig,
                                         {**cfg[kind], "out": str(paths[kind]), "threads": cfg.get("threads", 0)}))
     if "tokenize" in steps:
-        if (paths["tokens"] / "test.npz").is_file():
+        if tokens_present(paths["tokens"], cfg["tokenize"]["data"]["root"], ("train", "val", "test")):
             log.info("tokens exist: skipped")
         else:
             tokenize_dataset.main(_build(tokenize_dataset.TokenizeConfig, {
@@ -84,6 +82,35 @@ def run(config_path: str, steps: list[str]) -> None:
                        "--out", str(out / "evaluation")])
 
 
+def render_unless_present(syn: SyntheticConfig) -> None:
+    """Render the dataset unless `syn.out` already holds it; data made with other settings is an error
+    rather than silently reused (the build resumes by skipping finished steps)."""
+    manifest = Path(syn.out) / "manifest.json"
+    if not manifest.is_file():
+        make_dataset(syn)
+        return
+    made, wanted = json.loads(manifest.read_text())["config"], json.loads(json.dumps(asdict(syn)))
+    changed = {k: (made.get(k), v) for k, v in wanted.items() if k != "workers" and made.get(k) != v}
+    if changed:
+        raise ValueError(f"{syn.out} holds synthetic data made with other settings (made, wanted: {changed}): "
+                         "delete it or set another `out`")
+    log.info("synthetic data exists at %s: skipped", syn.out)
+
+
+def tokens_present(tokens_dir: Path, data_root: str, splits: tuple[str, ...]) -> bool:
+    """Whether `tokens_dir` holds these splits of the dataset at `data_root`; tokens of other scenes are an
+    error rather than silently reused."""
+    if not all((tokens_dir / f"{split}.npz").is_file() for split in splits):
+        return False
+    rendered = json.loads((Path(data_root) / "manifest.json").read_text())["splits"]
+    for split in splits:
+        with np.load(tokens_dir / f"{split}.npz") as cache:
+            if set(cache["scene_names"].tolist()) != set(rendered[split]):
+                raise ValueError(f"{tokens_dir / split}.npz holds tokens of other scenes than {data_root} now "
+                                 f"has in {split}: delete {tokens_dir} to tokenize again")
+    return True
+
+
 def make_extra_tokens(cfg: dict, extra: dict, paths: dict[str, Path]) -> None:
     """Render `extra["synthetic"]` (overrides of the main synthetic section: another seed and out, more
     scenes; every scene goes to train) and tokenise it like the main data."""
@@ -91,11 +118,8 @@ def make_extra_tokens(cfg: dict, extra: dict, paths: dict[str, Path]) -> None:
     if syn.seed == cfg["synthetic"]["seed"] or Path(syn.out) == Path(cfg["synthetic"]["out"]):
         raise ValueError("extra_train_data.synthetic needs its own seed and out: the same seed would render "
                          "the main dataset's scenes (its test scenes too) again")
-    if (Path(syn.out) / "manifest.json").is_file():
-        log.info("extra synthetic data exists at %s: skipped", syn.out)
-    else:
-        make_dataset(syn)
-    if (paths["extra_tokens"] / "train.npz").is_file():
+    render_unless_present(syn)
+    if tokens_present(paths["extra_tokens"], syn.out, ("train",)):
         log.info("extra tokens exist: skipped")
         return
     tokenize_dataset.main(_build(tokenize_dataset.TokenizeConfig, {
