@@ -269,6 +269,15 @@ def test_build_resumes_only_on_outputs_made_from_the_same_inputs(built, tmp_path
         build_default.render_unless_present(extra)
 
     runs, data = Path(cfg["runs"]), Path(cfg["synthetic"]["out"])
+    from training import train_tokenizer
+    wanted = _build(train_tokenizer.TokenizerTrainConfig, {**cfg["camera_tokenizer"], "threads": 2,
+                                                           "out": str(runs / "camera_tokenizer")})
+    assert build_default.tokenizer_present(runs / "camera_tokenizer", wanted)  # thread count aside: the same
+    wanted.optim.max_steps += 1
+    with pytest.raises(ValueError, match="other settings"):
+        build_default.tokenizer_present(runs / "camera_tokenizer", wanted)
+    assert not build_default.tokenizer_present(tmp_path / "none", wanted)
+
     assert build_default.tokens_present(runs / "tokens", str(data), ("train", "val", "test"))
     assert not build_default.tokens_present(tmp_path / "none", str(data), ("train",))
     manifest = json.loads((data / "manifest.json").read_text())

@@ -3,7 +3,8 @@
     python -m training.build_default --config training/configs/default_gpu.yaml  # the shipped weights (GPU)
     python -m training.build_default --config training/configs/default.yaml      # 2-core CPU alone, ~80 min
 
-Steps (each skipped when its output already exists, so an interrupted build resumes):
+Steps (each skipped when its output exists, so an interrupted build resumes; an output made with other
+settings is an error naming what to delete, never silently reused):
   synthetic        render the synthetic dataset (gst_model.data.make_synthetic)
   camera_tokenizer train the camera VQ-VAE on the pairs' relative ray maps
   image_tokenizer  train the small image VQGAN
@@ -34,7 +35,7 @@ from gst_model.checkpoint import ModelBundle, ViewSpec, save_bundle
 from gst_model.data.make_synthetic import SyntheticConfig, make_dataset
 from gst_model.transformer import GSTConfig, Transformer
 from training import evaluate, tokenize_dataset, train_gst, train_tokenizer
-from training.common import _build, setup_logging
+from training.common import _build, config_to_dict, setup_logging
 
 log = logging.getLogger("gst.build_default")
 STEPS = ("synthetic", "camera_tokenizer", "image_tokenizer", "tokenize", "extra_data", "gst", "bundle", "evaluate")
@@ -53,11 +54,12 @@ def run(config_path: str, steps: list[str]) -> None:
         render_unless_present(_build(SyntheticConfig, {**cfg["synthetic"]}))
     for kind in ("camera_tokenizer", "image_tokenizer"):
         if kind in steps:
-            if (paths[kind] / "tokenizer.safetensors").is_file():
+            wanted = _build(train_tokenizer.TokenizerTrainConfig,
+                            {**cfg[kind], "out": str(paths[kind]), "threads": cfg.get("threads", 0)})
+            if tokenizer_present(paths[kind], wanted):
                 log.info("%s exists: skipped", paths[kind])
                 continue
-            train_tokenizer.main(_build(train_tokenizer.TokenizerTrainConfig,
-                                        {**cfg[kind], "out": str(paths[kind]), "threads": cfg.get("threads", 0)}))
+            train_tokenizer.main(wanted)
     if "tokenize" in steps:
         if tokens_present(paths["tokens"], cfg["tokenize"]["data"]["root"], ("train", "val", "test")):
             log.info("tokens exist: skipped")
@@ -90,11 +92,34 @@ def render_unless_present(syn: SyntheticConfig) -> None:
         make_dataset(syn)
         return
     made, wanted = json.loads(manifest.read_text())["config"], json.loads(json.dumps(asdict(syn)))
-    changed = {k: (made.get(k), v) for k, v in wanted.items() if k != "workers" and made.get(k) != v}
+    changed = {k: (made.get(k), v) for k, v in wanted.items() if k not in _RUN_ONLY_KEYS and made.get(k) != v}
     if changed:
         raise ValueError(f"{syn.out} holds synthetic data made with other settings (made, wanted: {changed}): "
                          "delete it or set another `out`")
     log.info("synthetic data exists at %s: skipped", syn.out)
+
+
+# Settings that do not change what a run learns.
+_RUN_ONLY_KEYS = {"out", "threads", "device", "resume", "eval_every", "save_every", "workers"}
+
+
+def tokenizer_present(directory: Path, wanted) -> bool:
+    """Whether `directory` holds a tokenizer trained with these settings (compared with the config in its
+    training state); one trained with other settings is an error rather than silently reused."""
+    if not (directory / "tokenizer.safetensors").is_file():
+        return False
+    state_file = directory / "last" / "trainer_state.pt"
+    if not state_file.is_file():
+        log.warning("%s has no training state to compare settings with: used as it is", directory)
+        return True
+    made = torch.load(state_file, map_location="cpu", weights_only=True)["config"]
+    wanted = config_to_dict(wanted)
+    changed = {k: (made[k], v) for k, v in wanted.items()
+               if k in made and k not in _RUN_ONLY_KEYS and json.dumps(made[k]) != json.dumps(v)}
+    if changed:
+        raise ValueError(f"{directory} holds a tokenizer trained with other settings (made, wanted: {changed}): "
+                         "delete it to train again")
+    return True
 
 
 def tokens_present(tokens_dir: Path, data_root: str, splits: tuple[str, ...]) -> bool:
