@@ -9,6 +9,7 @@ Nothing is unpickled when loading; official `.pt` files are read with `torch.loa
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -187,6 +188,24 @@ def load_weights(module: torch.nn.Module, file: str | Path, device: str | torch.
         raise ValueError(f"corrupt weights file {file}: {exc}") from exc
     _load_strict(module, state, file)
     return module.to(device)
+
+
+def hash_weights(h, module: torch.nn.Module, prefix: str = "") -> None:
+    """Feed every weight of `module` (names, dtypes, shapes, bytes) to the hash `h`; usage statistics
+    (codebook_used) are not weights and are left out."""
+    for name, t in sorted(module.state_dict().items()):
+        if name.endswith("codebook_used"):
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{prefix}{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 of a module's weights: equal digests mean, e.g., two token caches share one vocabulary."""
+    h = hashlib.sha256()
+    hash_weights(h, module)
+    return h.hexdigest()
 
 
 def _load_strict(module: torch.nn.Module, state: dict, source) -> None:

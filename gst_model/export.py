@@ -45,6 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from onnx import numpy_helper
 
+from gst_model.checkpoint import hash_weights
 from gst_model.transformer import Transformer, apply_rope, find_multiple
 
 EXPORT_FORMAT = "gst_ros.onnx/2"  # 2: decode shares the prompt cache
@@ -205,12 +206,7 @@ def bundle_digest(bundle) -> str:
     """sha256 over the bundle's configuration and every weight: the key of exported artefacts."""
     h = hashlib.sha256(json.dumps(bundle.config_dict(), sort_keys=True, default=str).encode())
     for part in ("transformer", "image_tokenizer", "camera_tokenizer"):
-        for name, t in sorted(getattr(bundle, part).state_dict().items()):
-            if name.endswith("codebook_used"):
-                continue  # usage statistics, not weights
-            t = t.detach().cpu().contiguous()
-            h.update(f"{part}.{name}:{t.dtype}:{tuple(t.shape)}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        hash_weights(h, getattr(bundle, part), f"{part}.")
     return h.hexdigest()
 
 

@@ -84,6 +84,17 @@ def run(config_path: str, steps: list[str]) -> None:
                        "--out", str(out / "evaluation")])
 
 
+# Settings that do not change what a run learns.
+_RUN_ONLY_KEYS = {"out", "threads", "device", "resume", "eval_every", "save_every", "workers"}
+
+
+def _changed_settings(made: dict, wanted: dict) -> dict:
+    """{key: (made, wanted)} for the settings that differ (tuples and lists alike; keys the older output
+    did not record, and settings in _RUN_ONLY_KEYS, are not compared)."""
+    made, wanted = json.loads(json.dumps(made)), json.loads(json.dumps(wanted))
+    return {k: (made[k], v) for k, v in wanted.items() if k in made and k not in _RUN_ONLY_KEYS and made[k] != v}
+
+
 def render_unless_present(syn: SyntheticConfig) -> None:
     """Render the dataset unless `syn.out` already holds it; data made with other settings is an error
     rather than silently reused (the build resumes by skipping finished steps)."""
@@ -91,16 +102,11 @@ def render_unless_present(syn: SyntheticConfig) -> None:
     if not manifest.is_file():
         make_dataset(syn)
         return
-    made, wanted = json.loads(manifest.read_text())["config"], json.loads(json.dumps(asdict(syn)))
-    changed = {k: (made.get(k), v) for k, v in wanted.items() if k not in _RUN_ONLY_KEYS and made.get(k) != v}
+    changed = _changed_settings(json.loads(manifest.read_text())["config"], asdict(syn))
     if changed:
         raise ValueError(f"{syn.out} holds synthetic data made with other settings (made, wanted: {changed}): "
                          "delete it or set another `out`")
     log.info("synthetic data exists at %s: skipped", syn.out)
-
-
-# Settings that do not change what a run learns.
-_RUN_ONLY_KEYS = {"out", "threads", "device", "resume", "eval_every", "save_every", "workers"}
 
 
 def tokenizer_present(directory: Path, wanted) -> bool:
@@ -113,9 +119,7 @@ def tokenizer_present(directory: Path, wanted) -> bool:
         log.warning("%s has no training state to compare settings with: used as it is", directory)
         return True
     made = torch.load(state_file, map_location="cpu", weights_only=True)["config"]
-    wanted = config_to_dict(wanted)
-    changed = {k: (made[k], v) for k, v in wanted.items()
-               if k in made and k not in _RUN_ONLY_KEYS and json.dumps(made[k]) != json.dumps(v)}
+    changed = _changed_settings(made, config_to_dict(wanted))
     if changed:
         raise ValueError(f"{directory} holds a tokenizer trained with other settings (made, wanted: {changed}): "
                          "delete it to train again")

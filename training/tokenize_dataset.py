@@ -8,7 +8,6 @@ vocabulary sizes and grid the transformer must use.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from gst_model import geometry
-from gst_model.checkpoint import load_part
+from gst_model.checkpoint import load_part, weights_digest
 from gst_model.data.token_cache import TokenCache
 from gst_model.tokenizer import VQConfig, VQModel
 from training.common import config_cli, config_to_dict, pick_device, setup_logging
@@ -53,15 +52,6 @@ def load_trained_tokenizer(directory: str | Path, kind: str) -> VQModel:
     model = VQModel(VQConfig(**json.loads(cfg_file.read_text())))
     model.load_state_dict(load_file(str(weights)), strict=True)
     return model.eval()
-
-
-def weights_digest(module: torch.nn.Module) -> str:
-    """sha256 over parameter names and values: caches made with equal digests share one token vocabulary."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def main(cfg: TokenizeConfig) -> Path:
