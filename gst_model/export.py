@@ -13,6 +13,9 @@ Graphs (float32 activations, int64 ids; B = batch, T = tokens per view, L = laye
                     gen_k_i, gen_v_i [B,H,S,D]              -> logits [B,V], new_k_i, new_v_i [B,H,1,D]
     prefill_p{P}_static   the prefill with a fixed batch and prompt length, for TensorRT
     decode_static   token [B,1], input_pos [1], cache_k_i, cache_v_i [B,H,S,D] (fixed B and S), same outputs
+    score           tokens [B,L]                                -> log_likelihood [B]: of the last T tokens
+                                                                   given the rest (`gst_model.likelihood`)
+    score_static    the score graph with a fixed batch and L = 3T + 1, for TensorRT
 
 Decode-step contract (`decode`): G prompts of P tokens, each continued by B/G rows; row b continues
 prompt b // (B/G). The prompts' keys/values are passed once, not once per row, so N hypotheses read
@@ -46,16 +49,17 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 
 from gst_model.checkpoint import hash_weights
+from gst_model.likelihood import segment_log_likelihood
 from gst_model.transformer import Transformer, apply_rope, find_multiple
 
-EXPORT_FORMAT = "gst_ros.onnx/2"  # 2: decode shares the prompt cache
+EXPORT_FORMAT = "gst_ros.onnx/3"  # 2: decode shares the prompt cache; 3: score graphs
 OPSET = 17
 # Measured on the 2-core dev machine (tiny bundle, 8 graphs): the TorchScript exporter takes ~1 s per
 # graph, the dynamo exporter ~15 s, with the same ORT parity; the TorchScript path is used.
 EXPORTER = f"torch {torch.__version__} torch.onnx.export(dynamo=False)"
 # The code the graphs are traced from: an export cached by other code is stale even at the same format.
-EXPORTER_SOURCE = hashlib.sha256(b"".join(
-    (Path(__file__).parent / name).read_bytes() for name in ("export.py", "transformer.py", "tokenizer.py"))).hexdigest()
+EXPORTER_SOURCE = hashlib.sha256(b"".join((Path(__file__).parent / name).read_bytes() for name in (
+    "export.py", "transformer.py", "tokenizer.py", "likelihood.py"))).hexdigest()
 _EXTERNAL_MIN_BYTES = 1024  # smaller initializers stay inside the graph
 _ALIGN = 64
 
@@ -158,6 +162,17 @@ class SharedDecodeGraph(_DecodeStepGraph):
         y_prompt = torch.matmul(p[..., :plen], prompt_v).transpose(1, 2).reshape(b, heads, 1, d)
         p_rows = p[..., plen:].transpose(1, 2).reshape(b, heads, 1, -1)
         return y_prompt + torch.matmul(p_rows[..., :-1], gen_v) + p_rows[..., -1:] * v
+
+
+class ScoreGraph(nn.Module):
+    """Log-likelihood of the last segment of full sequences (ranks pose hypotheses; see likelihood.py)."""
+
+    def __init__(self, model: Transformer, vocab):
+        super().__init__()
+        self.model, self.vocab = model, vocab
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return segment_log_likelihood(self.model, tokens, self.model.config.grid_size ** 2, self.vocab)
 
 
 class EncodeGraph(nn.Module):
@@ -312,6 +327,13 @@ def _graph_specs(bundle, static_batch: int | None, prompt_lengths: list[int]):
                           ["tokens", "input_pos"], ["logits", *kv_out], None))
         specs.append(("decode_static", "transformer", decode, decode_args(static_batch, S),
                       ["token", "input_pos", *cache_in], ["logits", *new_out], None))
+    score = ScoreGraph(model, bundle.vocab)
+    sequence = 3 * T + 1
+    specs.append(("score", "transformer", score, (torch.zeros(2, sequence, dtype=torch.long),), ["tokens"],
+                  ["log_likelihood"], {"tokens": {0: "batch", 1: "sequence"}, "log_likelihood": batch}))
+    if static_batch:
+        specs.append(("score_static", "transformer", score, (torch.zeros(static_batch, sequence, dtype=torch.long),),
+                      ["tokens"], ["log_likelihood"], None))
     return specs
 
 

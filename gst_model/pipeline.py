@@ -26,18 +26,22 @@ from gst_model.vocab import Task
 
 # Generous bound: each sample is one autoregressive sequence in the batch.
 MAX_SAMPLES = 256
+# How estimate_pose turns its samples into one pose (see estimate_pose).
+POSE_SELECTIONS = ("likelihood", "consensus")
 
 
 @dataclass
 class PoseEstimate:
-    c2w: np.ndarray  # (4,4) consensus pose of camera b in camera a's optical frame
+    c2w: np.ndarray  # (4,4) pose of camera b in camera a's optical frame
     samples: np.ndarray  # (N,4,4) every sampled pose
     covariance: np.ndarray  # (6,6) x,y,z,rx,ry,rz (ROS PoseWithCovariance order)
-    consistency: float  # fraction of samples agreeing with the consensus (within inlier_deg)
-    rotation_spread_deg: float  # RMS rotation of agreeing samples around the consensus
+    consistency: float  # fraction of samples agreeing with the estimate (within inlier_deg)
+    rotation_spread_deg: float  # RMS rotation of agreeing samples around the estimate
     residual: float  # mean ray-fit residual of the decoded camera maps (lower = cleaner rays)
     sample_residuals: np.ndarray = field(repr=False, default=None)  # (N,)
     intrinsics: np.ndarray = field(repr=False, default=None)  # (N,3,3) at the model's ray-map size
+    # (N,) log p(image b | image a, sample's camera) in nats, when selection="likelihood" and N > 1
+    sample_log_likelihoods: np.ndarray | None = field(repr=False, default=None)
 
 
 class GSTPipeline:
@@ -113,14 +117,22 @@ class GSTPipeline:
     # ------------------------------------------------------------------------------ public API
     def estimate_pose(self, image_a: np.ndarray, image_b: np.ndarray, num_samples: int = 8,
                       seed: int | None = 0, temperature: float = 1.0, top_k: int | None = 100,
-                      top_p: float = 1.0, cfg_scale: float = 1.0, greedy: bool = False) -> PoseEstimate:
+                      top_p: float = 1.0, cfg_scale: float = 1.0, greedy: bool = False,
+                      selection: str = "likelihood") -> PoseEstimate:
         """Pose of camera b in camera a's optical frame, from N sampled camera-token sequences.
 
         Layout (our choice; the release has none): [image a][<EST>][image b] -> 256 camera tokens.
+        selection: how the N samples become one pose, built from the samples within inlier_deg of
+          "likelihood"  the sample under which image b is most probable, log p(b | a, <GEN>, camera): the
+                        joint model scores its own pose hypotheses by the view they predict (one more
+                        causal pass over N sequences; much more accurate than the consensus, see README);
+          "consensus"   the rotation medoid of the samples.
         """
         validate_image(image_a, "image_a")
         validate_image(image_b, "image_b")
         n = self._check_samples(num_samples)
+        if selection not in POSE_SELECTIONS:
+            raise ValueError(f"selection must be one of {POSE_SELECTIONS}, got {selection!r}")
         sampling = self._sampling(temperature, top_k, top_p, cfg_scale, greedy)
         codes = self._image_codes([image_a, image_b])
         task = torch.full((1, 1), self.vocab.task_token(Task.POSE), dtype=torch.long, device=codes.device)
@@ -129,11 +141,26 @@ class GSTPipeline:
         cams = self.runtime.generate(prompt, T, sampling, [(T, self.vocab.camera_range())], self._generator(seed))
         fit = self._decode_cameras(cams)
         samples = fit.c2w.numpy()
-        summary = summarize(samples, inlier_deg=self.inlier_deg)
+        log_likelihoods = anchor = None
+        if selection == "likelihood" and n > 1:
+            log_likelihoods = self._view_log_likelihoods(codes[:1], codes[1:], fit)
+            anchor = int(np.argmax(log_likelihoods))
+        summary = summarize(samples, inlier_deg=self.inlier_deg, anchor=anchor)
         return PoseEstimate(c2w=summary.c2w, samples=samples, covariance=summary.covariance,
                             consistency=summary.consistency, rotation_spread_deg=summary.rotation_spread_deg,
                             residual=float(fit.residual.mean()), sample_residuals=fit.residual.numpy(),
-                            intrinsics=fit.K.numpy())
+                            intrinsics=fit.K.numpy(), sample_log_likelihoods=log_likelihoods)
+
+    def _view_log_likelihoods(self, codes_a: torch.Tensor, codes_b: torch.Tensor, fit) -> np.ndarray:
+        """log p(image b | image a, <GEN>, camera) for each fitted camera, re-encoded from its ray map: the
+        score is that of the rigid camera reported, not of the raw sampled tokens."""
+        R = self.view.ray_size
+        rays = geometry.plucker_rays_from_intrinsics(fit.c2w, fit.K, R, R)
+        cameras = self.runtime.encode_rays(rays.float()).to(codes_a.device) + self.vocab.camera_offset
+        n = cameras.shape[0]
+        task = torch.full((n, 1), self.vocab.task_token(Task.VIEW), dtype=torch.long, device=codes_a.device)
+        sequences = torch.cat([codes_a.expand(n, -1), task, cameras, codes_b.expand(n, -1)], dim=1)
+        return self.runtime.segment_log_likelihood(sequences).double().numpy()
 
     def predict_view(self, image: np.ndarray, c2w_rel: np.ndarray, num_samples: int = 1, seed: int | None = 0,
                      K: np.ndarray | None = None, temperature: float = 1.0, top_k: int | None = 100,

@@ -1,9 +1,9 @@
 """Turn N sampled relative poses into one estimate with an uncertainty.
 
-GST is generative: each sample is a plausible camera. We take a robust consensus (medoid rotation,
-inliers within `inlier_deg` of it, chordal mean of inlier rotations, mean of inlier translations) and a
-6x6 covariance in ROS order (x, y, z, rot_x, rot_y, rot_z; rotations as the rotation vector of
-R_mean^T R_i, in radians, in the consensus camera's frame).
+GST is generative: each sample is a plausible camera. Around an anchor sample (the most likely one, or the
+rotation medoid) we take the inliers within `inlier_deg` of it, the chordal mean of their rotations, the
+mean of their translations, and a 6x6 covariance in ROS order (x, y, z, rot_x, rot_y, rot_z; rotations as
+the rotation vector of R_mean^T R_i, in radians, in the estimate's frame).
 """
 from __future__ import annotations
 
@@ -59,13 +59,18 @@ def project_to_rotation(M: np.ndarray) -> np.ndarray:
     return U @ D @ Vt
 
 
-def summarize(samples: np.ndarray, inlier_deg: float = 15.0) -> PoseSummary:
-    """samples: (N,4,4) float c2w poses (all finite, rigid)."""
+def summarize(samples: np.ndarray, inlier_deg: float = 15.0, anchor: int | None = None) -> PoseSummary:
+    """samples: (N,4,4) float c2w poses (all finite, rigid).
+
+    anchor: index of the sample the estimate is built around (e.g. the most likely one); None = the
+    rotation medoid, the sample closest to all others.
+    """
     samples = np.asarray(samples, dtype=np.float64)
     R, t = samples[:, :3, :3], samples[:, :3, 3]
     pairwise = angle_between_deg(R[:, None], R[None, :])
-    medoid = int(np.argmin(pairwise.sum(1)))
-    inliers = pairwise[medoid] <= inlier_deg
+    if anchor is None:
+        anchor = int(np.argmin(pairwise.sum(1)))
+    inliers = pairwise[anchor] <= inlier_deg
     R_mean = project_to_rotation(R[inliers].sum(0))
     t_mean = t[inliers].mean(0)
     c2w = np.eye(4)

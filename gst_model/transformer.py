@@ -336,12 +336,14 @@ class Transformer(nn.Module):
             layer.attention.kv_cache = None
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None, *,
-                use_cache: bool = False) -> torch.Tensor:
+                use_cache: bool = False, last: int | None = None) -> torch.Tensor:
         """tokens [B, T] -> float32 logits [B, T, V]; logits at t predict token t + 1.
 
         input_pos [T] holds the absolute positions (RoPE rows) of the tokens; None means 0..T-1.
         With use_cache the keys/values are written to the KV cache at input_pos and each token
         attends to every filled cache slot at or before its own position.
+        `last`: logits of the last `last` positions only, [B, last, V] (the output head is the largest
+        matrix at the official vocabulary size; scoring a segment needs no other rows).
         """
         seqlen = tokens.shape[1]
         if input_pos is None:
@@ -365,6 +367,8 @@ class Transformer(nn.Module):
         h = self.tok_dropout(self.tok_embeddings(tokens))
         for layer in self.layers:
             h = layer(h, rope, input_pos, mask, use_cache)
+        if last is not None:
+            h = h[:, -last:]
         return self.output(self.norm(h)).float()
 
     def loss(self, tokens: torch.Tensor, targets: torch.Tensor,

@@ -63,7 +63,8 @@ def test_manifest_lists_checked_graphs_sharing_weights(bundle, model_dir):
     graphs = manifest["graphs"]
     T = bundle.transformer.config.grid_size ** 2
     assert set(graphs) == {"image_encoder", "image_decoder", "camera_encoder", "camera_decoder", "prefill",
-                           "decode", f"prefill_p{T + 1}_static", f"prefill_p{2 * T + 1}_static", "decode_static"}
+                           "decode", f"prefill_p{T + 1}_static", f"prefill_p{2 * T + 1}_static", "decode_static",
+                           "score", "score_static"}
     assert manifest["model_sha256"] == export.bundle_digest(bundle)
     assert manifest["config"]["transformer"]["n_layer"] == bundle.transformer.config.n_layer
     assert "dynamo=False" in manifest["exporter"]
@@ -74,8 +75,9 @@ def test_manifest_lists_checked_graphs_sharing_weights(bundle, model_dir):
         assert all(i.data_location != onnx.TensorProto.EXTERNAL
                    or {e.key: e.value for e in i.external_data}["location"] == g["weights"]
                    for i in proto.graph.initializer)
-    # One weights file for all five transformer graphs, about the size of the fp32 parameters.
-    assert {g["weights"] for n, g in graphs.items() if "prefill" in n or "decode" == n[:6]} == {"transformer.weights"}
+    # One weights file for all seven transformer graphs, about the size of the fp32 parameters.
+    assert {g["weights"] for n, g in graphs.items()
+            if n.startswith(("prefill", "decode", "score"))} == {"transformer.weights"}
     params = sum(p.numel() for p in bundle.transformer.parameters()) * 4
     assert 0.98 * params <= manifest["file_bytes"]["transformer.weights"] < 1.3 * params  # norms stay inline
     decode = {s["name"]: s for s in graphs["decode"]["inputs"]}
@@ -160,6 +162,20 @@ def test_shared_prompt_decode_logits_match_torch(bundle, model_dir):
         assert (logits - ref).abs().max() < 1e-4
 
 
+def test_score_graphs_match_torch(bundle, model_dir, ort, torch_rt):
+    """Log-likelihood of a target image under 3 cameras: dynamic and static (padded batch) graphs."""
+    vocab, T = bundle.vocab, bundle.vocab.tokens_per_view
+    g = torch.Generator().manual_seed(5)
+    obs, target = torch.randint(0, vocab.image_codes, (2, 1, T), generator=g)
+    cams = torch.randint(vocab.camera_offset, vocab.camera_offset + vocab.camera_codes, (3, T), generator=g)
+    seqs = torch.cat([obs.expand(3, -1), torch.full((3, 1), vocab.gen_token), cams, target.expand(3, -1)], 1)
+    ref = torch_rt.segment_log_likelihood(seqs)
+    assert ref.shape == (3,) and ref.unique().numel() == 3
+    static = OrtRuntime(bundle, model_dir=model_dir, static=True, threads=1, verify=False)
+    for rt in (ort, static):
+        torch.testing.assert_close(rt.segment_log_likelihood(seqs), ref, atol=1e-4 * T, rtol=1e-5)
+
+
 def _prompts(bundle, torch_rt):
     """Pose layout [obs, <EST>, target] and view layout [obs, <GEN>, camera], 3 hypotheses each."""
     vocab = bundle.vocab
@@ -230,6 +246,7 @@ def test_pipeline_onnxruntime_matches_torch(bundle, model_dir):
     # poses by < 1e-6, so poses are compared to 1e-5 rather than bit for bit.
     np.testing.assert_allclose(got.samples, ref.samples, atol=1e-5)
     np.testing.assert_allclose(got.c2w, ref.c2w, atol=1e-5)
+    np.testing.assert_allclose(got.sample_log_likelihoods, ref.sample_log_likelihoods, rtol=1e-5)
     c2w = np.eye(4)
     c2w[:3, 3] = [0.1, 0.0, 0.0]
     ref_views = torch_pipe.predict_view(a, c2w, greedy=True)
@@ -304,3 +321,6 @@ def test_tensorrt_generation_matches_torch(bundle, model_dir, torch_rt, tmp_path
     again.generate(prompt, 2, SamplingParams(greedy=True), [], None)
     assert again.rebuilt == {}  # loaded from the engine cache
     assert math.isfinite(float(rt.decode_images(got[:1] % bundle.vocab.image_codes).abs().max()))
+    seqs = torch.cat([prompt, got], dim=1)  # [obs, <EST>, target, camera]: scores the camera segment
+    torch.testing.assert_close(rt.segment_log_likelihood(seqs), torch_rt.segment_log_likelihood(seqs),
+                               atol=0.05 * T, rtol=0.01)

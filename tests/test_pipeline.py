@@ -37,6 +37,40 @@ def test_estimate_pose_outputs(pipe, images):
     assert 0.0 < est.consistency <= 1.0 and np.isfinite(est.residual)
 
 
+def test_likelihood_selection_builds_the_estimate_around_the_most_likely_sample(images, monkeypatch):
+    pipe = GSTPipeline.from_pretrained("tiny")
+    consensus = pipe.estimate_pose(*images, num_samples=4, seed=3, selection="consensus")
+    assert consensus.sample_log_likelihoods is None
+    np.testing.assert_allclose(consensus.c2w, summarize(consensus.samples, inlier_deg=pipe.inlier_deg).c2w)
+    # Make the model "find" most probable a sample whose estimate differs from the consensus.
+    best = next(i for i in range(4) if not np.allclose(
+        summarize(consensus.samples, inlier_deg=pipe.inlier_deg, anchor=i).c2w, consensus.c2w))
+    scores = torch.full((4,), -5.0)
+    scores[best] = -1.0
+    seen = []
+    monkeypatch.setattr(pipe.runtime, "segment_log_likelihood", lambda seqs: seen.append(seqs) or scores)
+
+    est = pipe.estimate_pose(*images, num_samples=4, seed=3)
+    np.testing.assert_array_equal(est.samples, consensus.samples)
+    np.testing.assert_array_equal(est.sample_log_likelihoods, scores.numpy())
+    expected = summarize(est.samples, inlier_deg=pipe.inlier_deg, anchor=best)
+    np.testing.assert_allclose(est.c2w, expected.c2w)
+    assert expected.inliers[best] and est.consistency == expected.consistency
+    # Scored layout: [image a][<GEN>][each fitted camera, re-encoded][image b].
+    (seqs,) = seen
+    T, vocab = pipe.vocab.tokens_per_view, pipe.vocab
+    codes = pipe._image_codes(list(images))
+    assert seqs.shape == (4, 3 * T + 1) and (seqs[:, T] == vocab.gen_token).all()
+    assert torch.equal(seqs[:, :T], codes[:1].expand(4, -1)) and torch.equal(seqs[:, -T:], codes[1:].expand(4, -1))
+    lo, hi = vocab.camera_range()
+    assert ((seqs[:, T + 1:2 * T + 1] >= lo) & (seqs[:, T + 1:2 * T + 1] < hi)).all()
+
+    pipe.estimate_pose(*images, num_samples=1, seed=3)
+    assert len(seen) == 1  # one sample: nothing to choose between, no scoring pass
+    with pytest.raises(ValueError, match="selection must be one of"):
+        pipe.estimate_pose(*images, num_samples=2, selection="best")
+
+
 def test_seeds_are_reproducible(pipe, images):
     a = pipe.estimate_pose(*images, num_samples=3, seed=11).samples
     b = pipe.estimate_pose(*images, num_samples=3, seed=11).samples

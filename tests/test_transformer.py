@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from gst_model.generate import allowed_schedule, generate, sample_from_logits
+from gst_model.likelihood import log_probs_within_kind, segment_log_likelihood
 from gst_model.transformer import PRESETS, GSTConfig, Transformer, build_rope_table
 from gst_model.vocab import Vocabulary
 
@@ -283,3 +284,34 @@ def test_shared_prompt_cache_decode_matches_full_forward(copies):
                 model(new[:, :1], torch.tensor([23]), use_cache=True)
     finally:
         model.clear_caches()
+
+
+# -- (5) segment log-likelihood (hypothesis scoring) -----------------------------------------
+
+def test_segment_log_likelihood_equals_stepwise_cached_decoding():
+    """The one-pass score equals summing, step by step through the KV cache, log-softmax over the
+    target token's own kind (image or camera ids), as constrained sampling draws it."""
+    vocab = Vocabulary(image_codes=30, camera_codes=16, tokens_per_view=16)
+    model = tiny_random_model(vocab_size=vocab.size, grid_size=4)
+    T, g = vocab.tokens_per_view, torch.Generator().manual_seed(3)
+    obs, target = torch.randint(0, 30, (2, 1, T), generator=g)
+    cams = torch.randint(vocab.camera_offset, vocab.camera_offset + 16, (3, T), generator=g)
+    seqs = torch.cat([obs.expand(3, -1), torch.full((3, 1), vocab.gen_token), cams, target.expand(3, -1)], 1)
+    with torch.no_grad():
+        got = segment_log_likelihood(model, seqs, T, vocab)
+        model.setup_caches(3, seqs.shape[1])
+        try:
+            P = seqs.shape[1] - T
+            logits = [model(seqs[:, :P], torch.arange(P), use_cache=True)[:, -1]]
+            logits += [model(seqs[:, t:t + 1], torch.tensor([t]), use_cache=True)[:, -1] for t in range(P, P + T - 1)]
+        finally:
+            model.clear_caches()
+    ref = sum(logits[i][:, :30].log_softmax(-1).gather(1, seqs[:, P + i, None])[:, 0] for i in range(T))
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
+    assert got.unique().numel() == 3  # the camera changes how probable the same target image is
+    # Camera ids are normalised over camera ids only: one logit row scored at every camera id sums to one.
+    row = torch.randn(1, 1, vocab.size).expand(1, 16, -1)
+    all_cameras = torch.arange(vocab.camera_offset, vocab.camera_offset + 16)[None]
+    torch.testing.assert_close(log_probs_within_kind(row, all_cameras, vocab).exp().sum(), torch.tensor(1.0))
+    with pytest.raises(ValueError, match="segment length"):
+        segment_log_likelihood(model, seqs, seqs.shape[1], vocab)

@@ -1,6 +1,6 @@
 """Inference back-ends behind one interface: torch (reference), onnxruntime, tensorrt.
 
-Every runtime offers the same five calls on token ids and tensors; `GSTPipeline` only talks to this
+Every runtime offers the same six calls on token ids and tensors; `GSTPipeline` only talks to this
 interface, so a back-end can be swapped without touching pose or view logic.
 """
 from __future__ import annotations
@@ -45,6 +45,9 @@ class Runtime(Protocol):
     def generate(self, prompt: torch.Tensor, num_new_tokens: int, sampling: SamplingParams,
                  segment_ranges: list[tuple[int, tuple[int, int]]],
                  generator: torch.Generator | None) -> torch.Tensor: ...  # [B,P] -> [B,num_new]
+
+    def segment_log_likelihood(self, tokens: torch.Tensor) -> torch.Tensor: ...  # [B,3T+1] vocabulary ids
+    # -> [B] float32 on the CPU: log p of the last T tokens given the rest (gst_model.likelihood)
 
 
 def make_runtime(bundle, backend: str = "torch", device: str = "cpu", **options) -> Runtime:

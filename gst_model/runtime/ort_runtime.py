@@ -125,6 +125,12 @@ cache on the device; the ONNX Runtime CPU back-end hands them to ORT as zero-cop
         out = self._run("decode", feeds)
         return out[0], out[1:]
 
+    def segment_log_likelihood(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Full sequences [B, 3T+1] -> log-likelihood [B] of their last segment (the `score` graph)."""
+        b = tokens.shape[0]
+        graph = "score_static" if self.static else "score"
+        return self._run(graph, {"tokens": self._pad(tokens.to(self.device))})[0][:b].float().cpu()
+
     def generate(self, prompt: torch.Tensor, num_new_tokens: int, sampling: SamplingParams,
                  segment_ranges, generator: torch.Generator | None) -> torch.Tensor:
         """Same contract and sampling stream as `gst_model.generate.generate` with start_pos 0."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from gst_model.generate import generate
+from gst_model.likelihood import segment_log_likelihood
 from gst_model.runtime import SamplingParams
 
 
@@ -20,6 +21,7 @@ class TorchRuntime:
             self.transformer = self.transformer.to(dtype)
         self.image_tokenizer = bundle.image_tokenizer.to(self.device).eval()
         self.camera_tokenizer = bundle.camera_tokenizer.to(self.device).eval()
+        self.vocab = bundle.vocab
         if compile:
             # Only the per-token step is worth compiling; generation keeps its Python loop.
             self.transformer.forward = torch.compile(self.transformer.forward, dynamic=False)
@@ -39,6 +41,11 @@ class TorchRuntime:
     @torch.inference_mode()
     def decode_rays(self, codes: torch.Tensor) -> torch.Tensor:
         return self.camera_tokenizer.decode_indices(codes.to(self.device)).float()
+
+    @torch.inference_mode()
+    def segment_log_likelihood(self, tokens: torch.Tensor) -> torch.Tensor:
+        length = self.transformer.config.grid_size ** 2
+        return segment_log_likelihood(self.transformer, tokens.to(self.device), length, self.vocab).float().cpu()
 
     def generate(self, prompt, num_new_tokens, sampling: SamplingParams, segment_ranges, generator):
         return generate(self.transformer, prompt.to(self.device), num_new_tokens,
