@@ -38,8 +38,13 @@ from gst_ros.lifecycle import GstNode
 from gst_ros.msg import PoseEstimate
 from gst_ros.srv import EstimatePose, SetReference
 
+# GSTPipeline's choices (gst_model.pipeline.POSE_SELECTIONS; not imported here: it pulls in torch).
+POSE_SELECTIONS = ("likelihood", "consensus")
 PARAMS = common.MODEL_PARAMS + (
     ParamSpec("num_samples", 8, "pose samples per estimate (the covariance comes from their spread)", 1, 256),
+    ParamSpec("pose_selection", "likelihood", "how the samples become one pose: 'likelihood' = around the sample "
+              "under which the image is most probable (one extra scoring pass), 'consensus' = around their "
+              "rotation medoid", choices=POSE_SELECTIONS),
     ParamSpec("reference_frame", "gst_reference_optical", "TF parent: optical frame of the reference keyframe"),
     ParamSpec("camera_frame", "gst_camera_optical", "TF child: optical frame of the current camera"),
     ParamSpec("publish_tf", True, "broadcast reference_frame -> camera_frame on /tf"),
@@ -115,7 +120,9 @@ class LocalizeNode(GstNode):
         try:
             n = param(self, "num_samples")
             with self._model_lock:
-                est = self._pipeline.estimate_pose(reference[0], rgb, num_samples=n, **common.sampling_kwargs(self))
+                est = self._pipeline.estimate_pose(reference[0], rgb, num_samples=n,
+                                                   selection=param(self, "pose_selection"),
+                                                   **common.sampling_kwargs(self))
             self._publish(msg, est, reference[1], ref_id, n, received)
         except Exception as exc:  # a model/conversion failure must not kill the worker thread
             self._error(f"estimate failed: {type(exc).__name__}: {exc}")
@@ -175,7 +182,8 @@ class LocalizeNode(GstNode):
             n = common.check_num_samples(self, request.num_samples, param(self, "num_samples"))
             seed = int(request.seed) if request.seed >= 0 else -1
             with self._model_lock:
-                est = self._pipeline.estimate_pose(a, b, num_samples=n, **common.sampling_kwargs(self, seed=seed))
+                est = self._pipeline.estimate_pose(a, b, num_samples=n, selection=param(self, "pose_selection"),
+                                                   **common.sampling_kwargs(self, seed=seed))
             response.pose = conv.pose_with_covariance(est.c2w, est.covariance)
             response.samples = [conv.matrix_to_pose(T) for T in est.samples]
             response.consistency, response.residual = float(est.consistency), float(est.residual)

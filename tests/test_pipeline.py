@@ -86,6 +86,18 @@ def test_predict_view_and_sample_cameras(pipe, images):
     assert cams.shape == (3, 4, 4)
 
 
+def test_expected_view_is_the_mean_of_the_sampled_views(pipe, images):
+    c2w = np.eye(4)
+    c2w[:3, 3] = [0.2, 0.0, 0.1]
+    samples = np.stack(pipe.predict_view(images[0], c2w, num_samples=3, seed=5)).astype(float)
+    mean = pipe.expected_view(images[0], c2w, num_samples=3, seed=5)
+    assert mean.shape == samples.shape[1:] and mean.dtype == np.uint8
+    assert np.abs(mean - samples.mean(0)).max() <= 1.0  # the samples were rounded to uint8 before averaging
+    assert np.abs(samples[0] - samples[1]).max() > 10  # distinct samples: the mean is not one of them
+    with pytest.raises(ValueError, match="num_samples"):
+        pipe.expected_view(images[0], c2w, num_samples=0)
+
+
 def test_checkpoint_round_trip(tmp_path, images):
     torch.manual_seed(0)
     bundle = build_bundle("tiny")

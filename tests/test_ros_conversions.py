@@ -256,6 +256,15 @@ def test_yaml_equals_declared_defaults(ros_context):
             assert type(yaml_values[name]) is type(value), name
 
 
+
+def test_pose_selection_choices_are_the_pipelines(ros_context):
+    from gst_model.pipeline import POSE_SELECTIONS
+    from gst_ros.localize_node import PARAMS
+
+    (spec,) = [s for s in PARAMS if s.name == "pose_selection"]
+    assert spec.choices == POSE_SELECTIONS and spec.default == POSE_SELECTIONS[0]
+
+
 def test_run_parses_overrides_like_ros():
     from gst_ros.run import parse_override
 

@@ -7,11 +7,12 @@
 `--data` is a RealEstate10K-layout root (e.g. written by `python -m gst_model.data.make_synthetic`).
 
 For each of `--pairs` pairs drawn with a fixed seed (see `gst_model.data.pairs.PairDataset`):
-  pose   GST `estimate_pose(obs, target)` (consensus of `--num-samples` samples), the identity baseline
-         and the essential-matrix baseline, scored by relative rotation and translation-direction error;
-  view   GST `predict_view(obs, true relative pose, K of the target)`, copy-the-observation and the
-         tokenizer reconstruction of the target (upper bound), scored by PSNR, SSIM and LPIPS against
-         the target at the model's image size;
+  pose   GST `estimate_pose(obs, target)` from `--num-samples` samples (`--pose-selection`), the consensus
+         of the same samples, the identity baseline and the essential-matrix baseline, scored by relative
+         rotation and translation-direction error;
+  view   GST `predict_view(obs, true relative pose, K of the target)`, GST `expected_view` (the mean of
+         `--mean-view-samples` samples), copy-the-observation and the tokenizer reconstruction of the
+         target (upper bound), scored by PSNR, SSIM and LPIPS against the target at the model's size;
   self-consistency  GST `estimate_pose(obs, predicted view)` against the requested pose.
 Pose sets (RayDiffusion protocol): for `--sets` test sequences, `--set-views` frames are posed relative to
 one reference frame; camera-centre accuracy after similarity alignment and pairwise rotation accuracy.
@@ -39,16 +40,17 @@ from gst_model import metrics  # noqa: E402
 from gst_model.data.formats import read_re10k_split  # noqa: E402
 from gst_model.data.pairs import PairDataset, rotation_angles_deg  # noqa: E402
 from gst_model.image import center_crop_resize, crop_resize_intrinsics  # noqa: E402
-from gst_model.pipeline import GSTPipeline  # noqa: E402
+from gst_model.pipeline import POSE_SELECTIONS, GSTPipeline  # noqa: E402
+from gst_model.pose_samples import summarize  # noqa: E402
 from training import baselines  # noqa: E402
 from training.lpips import LPIPS  # noqa: E402
 
 log = logging.getLogger("gst.evaluate")
 
-POSE_METHODS = ("gst", "identity", "essential_matrix")
-VIEW_METHODS = ("gst", "copy_observation", "tokenizer_upper_bound")
-LABELS = {"gst": "GST", "identity": "identity", "essential_matrix": "essential matrix",
-          "copy_observation": "copy observation", "tokenizer_upper_bound": "tokenizer upper bound",
+POSE_METHODS = ("gst", "gst_consensus", "identity", "essential_matrix")
+VIEW_METHODS = ("gst", "gst_expected", "copy_observation", "tokenizer_upper_bound")
+LABELS = {"gst": "GST", "gst_consensus": "GST, consensus of the same samples", "identity": "identity", "essential_matrix": "essential matrix",
+          "gst_expected": "GST expected view (mean of samples)", "copy_observation": "copy observation", "tokenizer_upper_bound": "tokenizer upper bound",
           "self_consistency": "GST self-consistency"}
 
 
@@ -59,7 +61,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split", default="test")
     p.add_argument("--pairs", type=int, default=100, help="number of test pairs")
     p.add_argument("--num-samples", type=int, default=8, help="pose samples per estimate")
+    p.add_argument("--pose-selection", choices=POSE_SELECTIONS, default=POSE_SELECTIONS[0],
+                   help="how estimate_pose turns the samples into one pose (the report also shows the consensus "
+                        "of the same samples)")
     p.add_argument("--view-samples", type=int, default=1, help="predicted views per pair (metrics averaged)")
+    p.add_argument("--mean-view-samples", type=int, default=8,
+                   help="samples averaged into the 'expected view' row (GSTPipeline.expected_view; 0 = skip)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seed", type=int, default=0, help="pair selection and sampling seed")
     p.add_argument("--image-size", type=int, default=256,
@@ -77,8 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0,
                    help="torch intra-op threads (0 = torch default; 1 is much faster on a busy small CPU)")
     args = p.parse_args(argv)
-    if args.pairs < 1 or args.num_samples < 1 or args.view_samples < 1:
-        p.error("--pairs, --num-samples and --view-samples must be >= 1")
+    if args.pairs < 1 or args.num_samples < 1 or args.view_samples < 1 or args.mean_view_samples < 0:
+        p.error("--pairs, --num-samples and --view-samples must be >= 1, --mean-view-samples >= 0")
     if args.sets > 0 and args.set_views < 3:
         p.error("--set-views must be >= 3 (camera-centre alignment of 2 cameras is always exact)")
     return args
@@ -106,6 +113,11 @@ def _essential(image_a, image_b, K_a, K_b, detector: str) -> tuple[np.ndarray, s
         return baselines.identity_pose(), "unavailable"
     r = baselines.essential_matrix_pose(image_a, image_b, K_a, K_b, detector=detector)
     return (r.c2w, "") if r.c2w is not None else (baselines.identity_pose(), r.reason)
+
+
+def _consensus(pipe: GSTPipeline, est) -> np.ndarray:
+    """The estimate selection="consensus" gives from the same samples (an ablation of the scoring pass)."""
+    return summarize(est.samples, inlier_deg=pipe.inlier_deg).c2w
 
 
 def _image_metrics(pred: list[np.ndarray], gt: list[np.ndarray], lpips_net) -> dict[str, np.ndarray]:
@@ -136,28 +148,34 @@ def _load_lpips(disabled: bool):
 def evaluate_pairs(pipe: GSTPipeline, ds: PairDataset, args, lpips_net) -> tuple[dict, list[dict], dict]:
     size = pipe.view.image_size
     poses = {m: [] for m in (*POSE_METHODS, "self_consistency")}
-    views = {m: [] for m in VIEW_METHODS}
+    views = {m: [] for m in VIEW_METHODS if m != "gst_expected" or args.mean_view_samples}
     gt_poses, gt_views, observations, records = [], [], [], []
     failures = {}
     for i in tqdm(range(args.pairs), desc="pairs", unit="pair"):
         pair = ds.sample(i)
         seed = args.seed * 1_000_003 + i  # distinct, reproducible sampling per pair
-        est = pipe.estimate_pose(pair.obs_image, pair.target_image, num_samples=args.num_samples, seed=seed)
+        est = pipe.estimate_pose(pair.obs_image, pair.target_image, num_samples=args.num_samples, seed=seed,
+                                 selection=args.pose_selection)
         E_pose, reason = _essential(pair.obs_image, pair.target_image, pair.K_obs, pair.K_target, args.detector)
         if reason:
             failures[reason] = failures.get(reason, 0) + 1
         # The requested view uses the target's own intrinsics, mapped to the model's output size.
         K = crop_resize_intrinsics(pair.K_target, *pair.target_image.shape[:2], size)
         pred = pipe.predict_view(pair.obs_image, pair.rel_c2w, num_samples=args.view_samples, seed=seed, K=K)
-        back = pipe.estimate_pose(pair.obs_image, pred[0], num_samples=args.num_samples, seed=seed)
+        back = pipe.estimate_pose(pair.obs_image, pred[0], num_samples=args.num_samples, seed=seed,
+                                  selection=args.pose_selection)
 
         gt = center_crop_resize(pair.target_image, size)
         gt_poses.append(pair.rel_c2w)
         poses["gst"].append(est.c2w)
+        poses["gst_consensus"].append(_consensus(pipe, est))
         poses["identity"].append(baselines.identity_pose())
         poses["essential_matrix"].append(E_pose)
         poses["self_consistency"].append(back.c2w)
         views["gst"].append(pred)
+        if args.mean_view_samples:
+            views["gst_expected"].append([pipe.expected_view(pair.obs_image, pair.rel_c2w, seed=seed, K=K,
+                                                             num_samples=args.mean_view_samples)])
         views["copy_observation"].append([baselines.copy_observation(pair.obs_image, size)])
         views["tokenizer_upper_bound"].append([baselines.tokenizer_reconstruction(pipe, pair.target_image)])
         gt_views.append(gt)
@@ -216,8 +234,10 @@ def evaluate_sets(pipe: GSTPipeline, ds: PairDataset, args) -> dict:
         for k, f in enumerate(frames[1:]):
             image, K = ds.view(s, f)
             gt.append(np.linalg.inv(poses[frames[0]]) @ poses[f])
-            est = pipe.estimate_pose(ref_image, image, num_samples=args.num_samples, seed=args.seed * 7919 + k)
+            est = pipe.estimate_pose(ref_image, image, num_samples=args.num_samples, seed=args.seed * 7919 + k,
+                                     selection=args.pose_selection)
             pred["gst"].append(est.c2w)
+            pred["gst_consensus"].append(_consensus(pipe, est))
             pred["identity"].append(baselines.identity_pose())
             # Each essential-matrix translation has unit length: the baseline has no common scale.
             pred["essential_matrix"].append(_essential(ref_image, image, K_ref, K, args.detector)[0])
@@ -252,12 +272,13 @@ def write_report(result: dict, path: Path) -> None:
             ("SSIM", "ssim", "f3"), ("LPIPS", "lpips", "f3")]
     lines = [f"# GST evaluation: `{cfg['model']}` on `{cfg['data']}` ({cfg['split']})", "",
              f"{cfg['pairs']} pairs (seed {cfg['seed']}, rotation {cfg['min_rot']}-{cfg['max_rot']}°), "
-             f"{cfg['num_samples']} pose samples per estimate, {cfg['view_samples']} view sample(s) per pair; "
+             f"{cfg['num_samples']} pose samples per estimate ({cfg['pose_selection']} selection), "
+             f"{cfg['view_samples']} view sample(s) per pair, {cfg['mean_view_samples']} in the expected view; "
              f"model trained: {cfg['model_trained']}; translation scale: {cfg['scale_mode']}; "
              f"LPIPS: {result['lpips']}.", "",
              "| method | " + " | ".join(c[0] for c in cols) + " | n |",
              "|---" * (len(cols) + 2) + "|"]
-    for m in ("gst", "identity", "essential_matrix", "copy_observation", "tokenizer_upper_bound"):
+    for m in (m for m in (*POSE_METHODS, *VIEW_METHODS[1:]) if m in methods):
         row = methods[m]
         cells = [_fmt(row[key], kind) if key in row else "—" for _, key, kind in cols]
         lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + f" | {cfg['pairs']} |")
@@ -350,7 +371,7 @@ def _run(args: argparse.Namespace) -> dict:
                    "scenes": len(ds.scenes)},
         "lpips": lpips_note,
         "opencv": baselines.OPENCV_ERROR or "available",
-        "methods": {m: summary[m] for m in (*POSE_METHODS, "copy_observation", "tokenizer_upper_bound")},
+        "methods": {m: summary[m] for m in (*POSE_METHODS, *VIEW_METHODS[1:]) if m in summary},
         "self_consistency": summary["self_consistency"],
         "pose_sets": evaluate_sets(pipe, ds, args) if args.sets > 0 else None,
         "pairs": records,
