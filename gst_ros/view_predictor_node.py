@@ -35,7 +35,10 @@ from gst_ros.lifecycle import GstNode
 from gst_ros.srv import PredictView
 
 PARAMS = common.MODEL_PARAMS + (
-    ParamSpec("num_samples", 1, "images per request when the request says 0", 1, 256),
+    ParamSpec("num_samples", 1, "images sampled per request when the request says 0", 1, 256),
+    ParamSpec("prediction", "samples", "samples: one image per sample; mean: one image, the pixel mean of the "
+              "samples (least-squares view estimate: higher PSNR, blurred where the model is unsure)",
+              choices=("samples", "mean")),
     ParamSpec("target_frame", "gst_target_optical", "frame_id of predicted images (the target camera)"),
     ParamSpec("max_rate_hz", 0.0, "cap on ~/query_pose predictions per second (0 = no cap)", 0.0, 1000.0),
     ParamSpec("autostart", True, "configure and activate at start-up (no lifecycle manager needed)",
@@ -76,13 +79,16 @@ class ViewPredictorNode(GstNode):
         return crop_resize_intrinsics(K, info.height, info.width, self._pipeline.view.image_size)
 
     def _predict(self, image_msg: Image, target, num_samples: int, seed: int | None = None, **sampling):
-        """Validated inputs -> list of predicted images (HxWx3 uint8); ValueError on a bad input."""
+        """Validated inputs -> list of predicted images (HxWx3 uint8; one, the mean, with prediction=mean);
+        ValueError on a bad input."""
         rgb = conv.image_to_numpy(image_msg, param(self, "max_image_pixels"))
         c2w = conv.pose_to_matrix(target, "target_pose")
         K = self._intrinsics(image_msg)
+        kwargs = dict(num_samples=num_samples, K=K, **common.sampling_kwargs(self, seed=seed, **sampling))
         with self._model_lock:
-            return self._pipeline.predict_view(rgb, c2w, num_samples=num_samples, K=K,
-                                               **common.sampling_kwargs(self, seed=seed, **sampling))
+            if param(self, "prediction") == "mean":
+                return [self._pipeline.expected_view(rgb, c2w, **kwargs)]
+            return self._pipeline.predict_view(rgb, c2w, **kwargs)
 
     def _no_image(self) -> str:
         return f"no image received yet on {self.resolve_topic_name('image')}"

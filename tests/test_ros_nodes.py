@@ -302,6 +302,34 @@ def test_predict_view_service_and_concurrent_calls(stack):
     assert all(a.success and len(a.images) == NUM_SAMPLES for a in answers), [a.message for a in answers]
 
 
+def test_predict_view_mean_prediction(stack):
+    """prediction:=mean answers with one image, the mean of the requested samples."""
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+
+    client, _, _ = stack
+    params = AsyncParameterClient(client.node, "/view_predictor")
+    client.spin_until(lambda: params.services_are_ready(), 10.0, "the parameter services")
+
+    def set_prediction(value):
+        future = params.set_parameters([Parameter("prediction", value=value)])
+        client.spin_until(future.done, 10.0, "set_parameters")
+        return future.result().results[0]
+
+    request = PredictView.Request(observation=image_msg(3), target_pose=_pose(0.2), num_samples=3, seed=1)
+    samples = client.call(client.predict_view, request)
+    assert set_prediction("mean").successful
+    try:
+        mean = client.call(client.predict_view, request)
+    finally:
+        assert set_prediction("samples").successful
+    assert samples.success and mean.success, (samples.message, mean.message)
+    assert len(samples.images) == 3 and len(mean.images) == 1
+    average = np.mean([conv.image_to_numpy(im).astype(float) for im in samples.images], axis=0)
+    assert np.abs(conv.image_to_numpy(mean.images[0]) - average).max() <= 1.0
+    assert not set_prediction("median").successful
+
+
 def _bad_images() -> dict[str, tuple[Image, str]]:
     out = {}
     m = image_msg(1)
