@@ -1,7 +1,7 @@
 """GSTPipeline: the one entry point the ROS nodes, the demo, the evaluation and the benchmarks call.
 
     pipe = GSTPipeline.from_pretrained()                      # the shipped default model
-    est = pipe.estimate_pose(image_a, image_b, num_samples=8)  # where is camera b, seen from a?
+    est = pipe.estimate_pose(image_a, image_b, num_samples=16) # where is camera b, seen from a?
     views = pipe.predict_view(image, c2w_rel)                  # what would a camera at c2w_rel see?
     mean = pipe.expected_view(image, c2w_rel, num_samples=8)   # ... as the mean of 8 samples
     cams = pipe.sample_cameras(image, num_samples=8)           # plausible next cameras
@@ -116,7 +116,7 @@ class GSTPipeline:
         return self.runtime.encode_rays(rays.float()) + self.vocab.camera_offset
 
     # ------------------------------------------------------------------------------ public API
-    def estimate_pose(self, image_a: np.ndarray, image_b: np.ndarray, num_samples: int = 8,
+    def estimate_pose(self, image_a: np.ndarray, image_b: np.ndarray, num_samples: int = 16,
                       seed: int | None = 0, temperature: float = 1.0, top_k: int | None = 100,
                       top_p: float = 1.0, cfg_scale: float = 1.0, greedy: bool = False,
                       selection: str = "likelihood") -> PoseEstimate:

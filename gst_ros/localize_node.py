@@ -41,7 +41,7 @@ from gst_ros.srv import EstimatePose, SetReference
 # GSTPipeline's choices (gst_model.pipeline.POSE_SELECTIONS; not imported here: it pulls in torch).
 POSE_SELECTIONS = ("likelihood", "consensus")
 PARAMS = common.MODEL_PARAMS + (
-    ParamSpec("num_samples", 8, "pose samples per estimate (the covariance comes from their spread)", 1, 256),
+    ParamSpec("num_samples", 16, "pose samples per estimate (the covariance comes from their spread)", 1, 256),
     ParamSpec("pose_selection", "likelihood", "how the samples become one pose: 'likelihood' = around the sample "
               "under which the image is most probable (one extra scoring pass), 'consensus' = around their "
               "rotation medoid", choices=POSE_SELECTIONS),

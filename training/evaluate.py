@@ -60,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", required=True, help="RealEstate10K-layout dataset root")
     p.add_argument("--split", default="test")
     p.add_argument("--pairs", type=int, default=100, help="number of test pairs")
-    p.add_argument("--num-samples", type=int, default=8, help="pose samples per estimate")
+    p.add_argument("--num-samples", type=int, default=16, help="pose samples per estimate")
     p.add_argument("--pose-selection", choices=POSE_SELECTIONS, default=POSE_SELECTIONS[0],
                    help="how estimate_pose turns the samples into one pose (the report also shows the consensus "
                         "of the same samples)")
