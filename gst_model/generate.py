@@ -66,7 +66,7 @@ def prompt_copies(prompt: torch.Tensor) -> int:
 def _guided_last_logits(model: Transformer, tokens: torch.Tensor, input_pos: torch.Tensor,
                         cfg_scale: float) -> torch.Tensor:
     """Run the cached model on tokens [B', T]; return the (guided) logits of the last position."""
-    logits = model(tokens, input_pos, use_cache=True)[:, -1]
+    logits = model(tokens, input_pos, use_cache=True, last=1)[:, -1]  # a prefill needs no other rows
     if cfg_scale > 1.0:
         cond, uncond = logits.chunk(2, dim=0)
         logits = uncond + (cond - uncond) * cfg_scale

@@ -110,9 +110,12 @@ class GSTPipeline:
             raise ValueError(f"K must be a finite 3x3 pinhole matrix with positive focal lengths, got {K_img}")
         K_ray = K_img.copy()
         K_ray[:2] *= self.view.ray_size / self.view.image_size
-        rays = geometry.plucker_rays_from_intrinsics(torch.as_tensor(c2w, dtype=torch.float64)[None],
-                                                     torch.as_tensor(K_ray), self.view.ray_size,
-                                                     self.view.ray_size)
+        return self._encode_cameras(torch.as_tensor(c2w, dtype=torch.float64)[None], torch.as_tensor(K_ray))
+
+    def _encode_cameras(self, c2w: torch.Tensor, K_ray: torch.Tensor) -> torch.Tensor:
+        """Cameras c2w [N,4,4] with intrinsics K_ray ([3,3] or [N,3,3], ray-map pixels) -> camera token ids [N,T]."""
+        R = self.view.ray_size
+        rays = geometry.plucker_rays_from_intrinsics(c2w, K_ray, R, R)
         return self.runtime.encode_rays(rays.float()) + self.vocab.camera_offset
 
     # ------------------------------------------------------------------------------ public API
@@ -155,9 +158,7 @@ class GSTPipeline:
     def _view_log_likelihoods(self, codes_a: torch.Tensor, codes_b: torch.Tensor, fit) -> np.ndarray:
         """log p(image b | image a, <GEN>, camera) for each fitted camera, re-encoded from its ray map: the
         score is that of the rigid camera reported, not of the raw sampled tokens."""
-        R = self.view.ray_size
-        rays = geometry.plucker_rays_from_intrinsics(fit.c2w, fit.K, R, R)
-        cameras = self.runtime.encode_rays(rays.float()).to(codes_a.device) + self.vocab.camera_offset
+        cameras = self._encode_cameras(fit.c2w, fit.K).to(codes_a.device)
         n = cameras.shape[0]
         task = torch.full((n, 1), self.vocab.task_token(Task.VIEW), dtype=torch.long, device=codes_a.device)
         sequences = torch.cat([codes_a.expand(n, -1), task, cameras, codes_b.expand(n, -1)], dim=1)

@@ -119,16 +119,20 @@ class LocalizeNode(GstNode):
             return
         try:
             n = param(self, "num_samples")
-            with self._model_lock:
-                est = self._pipeline.estimate_pose(reference[0], rgb, num_samples=n,
-                                                   selection=param(self, "pose_selection"),
-                                                   **common.sampling_kwargs(self))
+            est = self._estimate(reference[0], rgb, n)
             self._publish(msg, est, reference[1], ref_id, n, received)
         except Exception as exc:  # a model/conversion failure must not kill the worker thread
             self._error(f"estimate failed: {type(exc).__name__}: {exc}")
             return
         self._stats.record_done(time.monotonic() - received)
         self._maybe_rekey(est.consistency, rgb, msg.header.stamp)
+
+    def _estimate(self, image_a, image_b, n: int, seed: int | None = None):
+        """The pipeline's estimate with the node's selection and sampling parameters (seed None: the parameter)."""
+        with self._model_lock:
+            return self._pipeline.estimate_pose(image_a, image_b, num_samples=n,
+                                                selection=param(self, "pose_selection"),
+                                                **common.sampling_kwargs(self, seed=seed))
 
     def _publish(self, msg: Image, est, ref_stamp, ref_id: int, n: int, received: float) -> None:
         header = Header(stamp=msg.header.stamp, frame_id=param(self, "reference_frame"))
@@ -181,9 +185,7 @@ class LocalizeNode(GstNode):
             b = conv.image_to_numpy(request.image_b, limit)
             n = common.check_num_samples(self, request.num_samples, param(self, "num_samples"))
             seed = int(request.seed) if request.seed >= 0 else -1
-            with self._model_lock:
-                est = self._pipeline.estimate_pose(a, b, num_samples=n, selection=param(self, "pose_selection"),
-                                                   **common.sampling_kwargs(self, seed=seed))
+            est = self._estimate(a, b, n, seed)
             response.pose = conv.pose_with_covariance(est.c2w, est.covariance)
             response.samples = [conv.matrix_to_pose(T) for T in est.samples]
             response.consistency, response.residual = float(est.consistency), float(est.residual)

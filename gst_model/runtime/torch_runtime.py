@@ -44,8 +44,8 @@ class TorchRuntime:
 
     @torch.inference_mode()
     def segment_log_likelihood(self, tokens: torch.Tensor) -> torch.Tensor:
-        length = self.transformer.config.grid_size ** 2
-        return segment_log_likelihood(self.transformer, tokens.to(self.device), length, self.vocab).float().cpu()
+        return segment_log_likelihood(self.transformer, tokens.to(self.device), self.vocab.tokens_per_view,
+                                      self.vocab).float().cpu()
 
     def generate(self, prompt, num_new_tokens, sampling: SamplingParams, segment_ranges, generator):
         return generate(self.transformer, prompt.to(self.device), num_new_tokens,
