@@ -12,6 +12,7 @@ model was trained in (see the checkpoint's metadata: monocular scale is set by t
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,20 @@ class GSTPipeline:
         else:
             bundle = load_bundle(path_or_preset, device=device)
         return cls(bundle, backend=backend, device=device, **options)
+
+    def warm_up(self, pose_samples: int = 0, view_samples: int = 0) -> float:
+        """Estimate a pose with `pose_samples` and predict a view with `view_samples` (0 = skip) from noise
+        images, so the one-time costs of those input shapes (torch.compile compiling, ONNX Runtime sessions,
+        TensorRT engines) are paid now instead of on the first real frame. Returns the seconds taken."""
+        start = time.perf_counter()
+        rng = np.random.default_rng(0)
+        size = self.view.image_size
+        noise_a, noise_b = (rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(2))
+        if pose_samples:
+            self.estimate_pose(noise_a, noise_b, num_samples=pose_samples)
+        if view_samples:
+            self.predict_view(noise_a, np.eye(4), num_samples=view_samples)
+        return time.perf_counter() - start
 
     # ----------------------------------------------------------------------------------- inputs
     def _check_samples(self, num_samples: int) -> int:

@@ -168,40 +168,41 @@ class SharedPromptKVCache(nn.Module):
     The prompts' keys/values are kept once, [G, H, P, D], and row r of the batch continues prompt
     r // copies. Each step the `copies` queries of a prompt read its keys in one matmul, so N
     hypotheses read the prompt once per step instead of N times; only generated tokens have
-    per-row entries, and only the filled ones are read.
+    per-row entries. Shapes stay the same every step (the generated slots not written yet are
+    masked, the write position is a tensor), so a compiled decode step is traced once.
     """
 
-    def __init__(self, prompt_k: torch.Tensor, prompt_v: torch.Tensor, copies: int, max_new_tokens: int):
+    def __init__(self, prompt_k: torch.Tensor, prompt_v: torch.Tensor, copies: int, max_new_tokens: int,
+                 prompt_start: int):
         super().__init__()
-        g, h, _, d = prompt_k.shape
+        g, h, plen, d = prompt_k.shape
         self.copies = copies
+        self.first_generated_pos = prompt_start + plen
         self.register_buffer("prompt_k", prompt_k.contiguous(), persistent=False)
         self.register_buffer("prompt_v", prompt_v.contiguous(), persistent=False)
         shape = (g * copies, h, max_new_tokens, d)
         self.register_buffer("k_cache", prompt_k.new_zeros(shape), persistent=False)
         self.register_buffer("v_cache", prompt_k.new_zeros(shape), persistent=False)
-        self.length = 0
+        self.register_buffer("slots", torch.arange(max_new_tokens, device=prompt_k.device), persistent=False)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q, k, v [B, H, 1, D] of each row's newest token -> attention output [B, H, 1, D]."""
+    def attend(self, input_pos: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """input_pos [1]; q, k, v [B, H, 1, D] of each row's newest token -> attention output [B, H, 1, D]."""
         b, h, t, d = q.shape
         if t != 1:
             raise ValueError(f"SharedPromptKVCache decodes one token per row at a time, got {t}")
-        if self.length == self.k_cache.shape[2]:
-            raise RuntimeError(f"SharedPromptKVCache is full ({self.length} generated tokens)")
-        self.k_cache[:, :, self.length] = k[:, :, 0]
-        self.v_cache[:, :, self.length] = v[:, :, 0]
-        self.length += 1
+        slot = input_pos - self.first_generated_pos
+        self.k_cache.index_copy_(2, slot, k)
+        self.v_cache.index_copy_(2, slot, v)
         g, plen, scale = self.prompt_k.shape[0], self.prompt_k.shape[2], d ** -0.5
-        keys, values = self.k_cache[:, :, : self.length], self.v_cache[:, :, : self.length]
         by_prompt = q.reshape(g, self.copies, h, d).transpose(1, 2)  # [G, H, copies, D]
         s_prompt = torch.matmul(by_prompt, self.prompt_k.transpose(-1, -2)) * scale  # [G, H, copies, P]
-        s_new = torch.matmul(q, keys.transpose(-1, -2)) * scale  # [B, H, 1, L]
+        s_new = torch.matmul(q, self.k_cache.transpose(-1, -2)) * scale  # [B, H, 1, max_new_tokens]
+        s_new = s_new.masked_fill(self.slots > slot, float("-inf"))  # not generated yet
         s_new = s_new.reshape(g, self.copies, h, -1).transpose(1, 2)
         p = torch.cat([s_prompt, s_new], dim=-1).float().softmax(dim=-1).to(q.dtype)
         y = torch.matmul(p[..., :plen], self.prompt_v).transpose(1, 2).reshape(b, h, 1, d)
         p_new = p[..., plen:].transpose(1, 2).reshape(b, h, 1, -1)
-        return y + torch.matmul(p_new, values)
+        return y + torch.matmul(p_new, self.v_cache)
 
 
 class Attention(nn.Module):
@@ -231,7 +232,7 @@ class Attention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, D]
 
         if use_cache and isinstance(self.kv_cache, SharedPromptKVCache):
-            y = self.kv_cache.attend(q, k, v)
+            y = self.kv_cache.attend(input_pos, q, k, v)
         else:
             if use_cache:  # attend over every filled slot up to each position
                 k, v = self.kv_cache.update(input_pos, k, v)
@@ -329,7 +330,8 @@ class Transformer(nn.Module):
         for layer in self.layers:
             cache = layer.attention.kv_cache
             layer.attention.kv_cache = SharedPromptKVCache(
-                cache.k_cache[:, :, prompt_slots], cache.v_cache[:, :, prompt_slots], copies, max_new_tokens)
+                cache.k_cache[:, :, prompt_slots], cache.v_cache[:, :, prompt_slots], copies, max_new_tokens,
+                prompt_slots.start)
 
     def clear_caches(self):
         for layer in self.layers:

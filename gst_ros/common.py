@@ -34,6 +34,9 @@ MODEL_PARAMS = (
     ParamSpec("backend", "torch", "inference back-end", choices=("torch", "onnxruntime", "tensorrt"),
               configure_only=True),
     ParamSpec("device", "cpu", "torch device for the model, e.g. cpu, cuda, cuda:1", configure_only=True),
+    ParamSpec("compile", False, "torch backend: compile the transformer with torch.compile (about 2x faster "
+              "sampling on CPU; configure then takes ~1-2 min, compiling for the node's num_samples; other "
+              "sample counts compile on their first request)", configure_only=True),
     ParamSpec("temperature", 1.0, "sampling temperature (> 0)", 0.01, 10.0),
     ParamSpec("top_k", 100, "top-k sampling filter (0 = no limit)", 0, 1 << 20),
     ParamSpec("top_p", 1.0, "nucleus sampling filter", 0.01, 1.0),
@@ -110,7 +113,14 @@ def load_pipeline(node):
     from gst_model.pipeline import GSTPipeline  # torch import: only where a model is really loaded
 
     path = param(node, "model_path") or None
-    return GSTPipeline.from_pretrained(path, backend=param(node, "backend"), device=param(node, "device"))
+    options = {}
+    if param(node, "compile"):
+        if param(node, "backend") != "torch":
+            raise ValueError("compile applies to backend torch only (onnxruntime and tensorrt run optimised "
+                             "graphs of their own)")
+        options["compile"] = True
+    return GSTPipeline.from_pretrained(path, backend=param(node, "backend"), device=param(node, "device"),
+                                       **options)
 
 
 def sampling_kwargs(node, seed: int | None = None, **overrides) -> dict:

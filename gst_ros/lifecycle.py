@@ -8,6 +8,7 @@ LatestWorker; a subclass adds its own job:
   _process(item)      what the worker does with a submitted item
   _on_camera_info()   what it makes of camera_info
   _diagnostics()      its DiagnosticArray (built from _snapshot())
+  _warm_up_shapes()   the GSTPipeline.warm_up arguments for its work (compile: true)
 """
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ class GstNode(LifecycleNode):
     def on_configure(self, state) -> TransitionCallbackReturn:
         try:
             self._pipeline = common.load_pipeline(self)
+            if param(self, "compile"):  # compile now, not on the first frame
+                seconds = self._pipeline.warm_up(**self._warm_up_shapes())
+                self.get_logger().info(f"compiled the model in {seconds:.0f} s")
         except Exception as exc:  # any load failure: the message is the cause, the state stays unconfigured
             self.get_logger().fatal(f"cannot load model (model_path={param(self, 'model_path')!r}, "
                                     f"backend={param(self, 'backend')}): {type(exc).__name__}: {exc}")

@@ -64,6 +64,9 @@ class LocalizeNode(GstNode):
         self._ref_lock = threading.Lock()
 
     # ----------------------------------------------------------------------------- lifecycle
+    def _warm_up_shapes(self) -> dict:
+        return {"pose_samples": param(self, "num_samples")}
+
     def _configure(self) -> list:
         self._reference = None  # (rgb array, stamp)
         self._reference_id = 0

@@ -51,6 +51,9 @@ class ViewPredictorNode(GstNode):
         super().__init__("view_predictor", PARAMS, "view-predictor-worker", **kwargs)
 
     # ----------------------------------------------------------------------------- lifecycle
+    def _warm_up_shapes(self) -> dict:
+        return {"view_samples": param(self, "num_samples")}
+
     def _configure(self) -> list:
         self._camera_info = None
         model_group = MutuallyExclusiveCallbackGroup()

@@ -246,3 +246,25 @@ def test_cpu_torch_runtime_flushes_subnormals():
             "print(before > 0, (tiny * 1.0).item() == 0)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "True"]
+
+
+def test_warm_up_runs_the_requested_shapes(pipe, monkeypatch):
+    calls = []
+    monkeypatch.setattr(pipe, "estimate_pose", lambda a, b, num_samples: calls.append(("pose", num_samples)))
+    monkeypatch.setattr(pipe, "predict_view", lambda image, c2w, num_samples: calls.append(("view", num_samples)))
+    assert pipe.warm_up(pose_samples=16) >= 0 and calls == [("pose", 16)]
+    calls.clear()
+    pipe.warm_up(view_samples=2)
+    assert calls == [("view", 2)]
+
+
+@pytest.mark.slow
+def test_compiled_torch_runtime_samples_what_eager_samples(pipe, images):
+    """torch.compile (about 30 s here) must not change a result: same seed, same sampled poses and views;
+    a second sample count compiles once more and still agrees."""
+    compiled = GSTPipeline.from_pretrained("tiny", compile=True)
+    for n in (4, 2):
+        np.testing.assert_array_equal(compiled.estimate_pose(*images, num_samples=n, seed=3).samples,
+                                      pipe.estimate_pose(*images, num_samples=n, seed=3).samples)
+    np.testing.assert_array_equal(compiled.predict_view(images[0], np.eye(4), num_samples=2, seed=1),
+                                  pipe.predict_view(images[0], np.eye(4), num_samples=2, seed=1))

@@ -292,6 +292,28 @@ def test_nodes_construct_with_overrides_and_reject_bad_ones(ros_context):
         LocalizeNode(context=ros_context, parameter_overrides=[Parameter("max_samples", value=0)])
 
 
+@pytest.mark.parametrize("node_name", ["localize", "view_predictor"])
+def test_compile_warms_up_at_configure_with_the_nodes_sample_count(ros_context, monkeypatch, node_name):
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+    from gst_model.pipeline import GSTPipeline
+    from gst_ros.localize_node import LocalizeNode
+    from gst_ros.view_predictor_node import ViewPredictorNode
+
+    calls = []
+    monkeypatch.setattr(GSTPipeline, "warm_up", lambda self, **shapes: calls.append(shapes) or 0.0)
+    overrides = [Parameter(n, value=v) for n, v in
+                 (("model_path", "tiny"), ("compile", True), ("autostart", False), ("num_samples", 3))]
+    node = {"localize": LocalizeNode, "view_predictor": ViewPredictorNode}[node_name](
+        context=ros_context, parameter_overrides=overrides)
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert calls == [{"pose_samples": 3} if node_name == "localize" else {"view_samples": 3}]
+        node.trigger_cleanup()
+    finally:
+        node.destroy_node()
+
+
 # ------------------------------------------------------------------------------------ launch
 def test_launch_file_compiles():
     py_compile.compile(str(REPO_ROOT / "launch" / "localize.launch.py"), doraise=True)

@@ -484,6 +484,18 @@ def test_bad_model_exits_nonzero_with_message(domain_id, tmp_path, model):
     assert "cannot load model" in text and str(path) in text and "failed to configure" in text
 
 
+def test_compile_with_another_backend_exits_nonzero_with_reason(domain_id, tmp_path):
+    log = tmp_path / "log.txt"
+    proc = _start((domain_id + 50) % 100 + 1, log, "--param", "model_path:=tiny", "--param", "compile:=true",
+                  "--param", "backend:=onnxruntime", "--nodes", "localize")
+    try:
+        rc = proc.wait(timeout=STARTUP_TIMEOUT)
+    finally:
+        _stop(proc)
+    text = log.read_text()
+    assert rc == 1 and "compile applies to backend torch only" in text, text
+
+
 def test_bad_parameter_override_exits_2(domain_id, tmp_path):
     log = tmp_path / "log.txt"
     proc = _start((domain_id + 50) % 100 + 1, log, "--param", "top_p:=3.0", "--nodes", "localize")
