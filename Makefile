@@ -33,7 +33,7 @@ demo: setup
 	$(PY) -m gst_ros.demo --out demo_output
 
 bench: setup
-	$(PY) -m gst_model.bench --out bench/results.md
+	$(PY) -m gst_model.bench --presets default,GPT-B --out bench/results.md
 
 clean:
 	rm -rf build demo_output .pytest_cache

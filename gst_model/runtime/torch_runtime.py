@@ -23,7 +23,9 @@ class TorchRuntime:
         self.camera_tokenizer = bundle.camera_tokenizer.to(self.device).eval()
         self.vocab = bundle.vocab
         if compile:
-            # Only the per-token step is worth compiling; generation keeps its Python loop.
+            # One graph per input shape (prefill, decode step, scoring; each sample count is a new shape); the
+            # decode cache keeps its shapes from step to step, so a generation compiles once, not per token.
+            # Sampling and the generation loop stay in Python.
             self.transformer.forward = torch.compile(self.transformer.forward, dynamic=False)
 
     @torch.inference_mode()
