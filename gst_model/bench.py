@@ -202,7 +202,10 @@ def worker(preset: str, path: str, model_dir: str, quick: bool) -> dict:
     if path == "torch_compile":  # compile every shape first: warm-up is reported, not timed
         t = time.perf_counter()
         _micro(path, rt, bundle, pose_prompt, steps)
-        pose(1), pose(16), view_fn(), score16()
+        pose(1)
+        pose(16)
+        view_fn()
+        score16()
         result["warmup_s"] = time.perf_counter() - t
     result["prefill_s"], result["decode_s"] = _micro(path, rt, bundle, pose_prompt, steps)
     result["score16_s"] = _best(score16, 1 if quick else 2)
@@ -296,7 +299,8 @@ def run(presets: list[str], out: Path, quick: bool, export_root: Path) -> str:
         f"{info['mem_total_gb']:.0f} GB RAM, torch {info['torch']} ({info['torch_threads']} threads). "
         f"Measured: fp32 matmul {info['matmul_gflops']:.0f} GFLOP/s, memory read {info['mem_gbs']:.1f} GB/s.",
         "",
-        "Weights: the shipped model for 'default', random (seed 0) for the other presets. Pose = encode 2 images + generate T camera tokens (top-k 100 sampling) for "
+        "Weights: the shipped model for 'default', random (seed 0) for the other presets. "
+        "Pose = encode 2 images + generate T camera tokens (top-k 100 sampling) for "
         "N hypotheses + decode N ray maps; view = encode image + camera, generate T image tokens, decode. "
         "Decode ms/token at batch 1 after a 2T+1-token prompt; roofline = (non-embedding weights + KV read "
         "per token) / measured memory bandwidth, as a fraction of the measured step. "

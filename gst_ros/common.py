@@ -113,14 +113,8 @@ def load_pipeline(node):
     from gst_model.pipeline import GSTPipeline  # torch import: only where a model is really loaded
 
     path = param(node, "model_path") or None
-    options = {}
-    if param(node, "compile"):
-        if param(node, "backend") != "torch":
-            raise ValueError("compile applies to backend torch only (onnxruntime and tensorrt run optimised "
-                             "graphs of their own)")
-        options["compile"] = True
     return GSTPipeline.from_pretrained(path, backend=param(node, "backend"), device=param(node, "device"),
-                                       **options)
+                                       compile=param(node, "compile"))
 
 
 def sampling_kwargs(node, seed: int | None = None, **overrides) -> dict:

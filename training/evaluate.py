@@ -49,8 +49,9 @@ log = logging.getLogger("gst.evaluate")
 
 POSE_METHODS = ("gst", "gst_consensus", "identity", "essential_matrix")
 VIEW_METHODS = ("gst", "gst_expected", "copy_observation", "tokenizer_upper_bound")
-LABELS = {"gst": "GST", "gst_consensus": "GST, consensus of the same samples", "identity": "identity", "essential_matrix": "essential matrix",
-          "gst_expected": "GST expected view (mean of samples)", "copy_observation": "copy observation", "tokenizer_upper_bound": "tokenizer upper bound",
+LABELS = {"gst": "GST", "gst_consensus": "GST, consensus of the same samples", "identity": "identity",
+          "essential_matrix": "essential matrix", "gst_expected": "GST expected view (mean of samples)",
+          "copy_observation": "copy observation", "tokenizer_upper_bound": "tokenizer upper bound",
           "self_consistency": "GST self-consistency"}
 
 

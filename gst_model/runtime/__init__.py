@@ -52,6 +52,9 @@ class Runtime(Protocol):
 
 def make_runtime(bundle, backend: str = "torch", device: str = "cpu", **options) -> Runtime:
     """Build the named back-end for a loaded `ModelBundle`."""
+    if backend != "torch" and options.pop("compile", False):
+        raise ValueError("compile applies to backend torch only (onnxruntime and tensorrt run optimised graphs "
+                         "of their own)")
     if backend == "torch":
         from gst_model.runtime.torch_runtime import TorchRuntime
 
