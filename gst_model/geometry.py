@@ -422,18 +422,30 @@ def relative_pose(c2w_a: Tensor, c2w_b: Tensor) -> Tensor:
     return invert_rigid(c2w_a) @ c2w_b
 
 
-def rotation_angle_deg(R_a: Tensor, R_b: Tensor) -> Tensor:
-    """Geodesic angle in degrees between rotations ``[..., 3, 3]``: the angle of ``R_a^T R_b``.
+def rotation_angle(R):
+    """Angle in radians, in [0, pi], of rotations ``[..., 3, 3]`` (a torch tensor or a numpy array in, the
+    same kind out); of poses ``[..., 4, 4]``, their rotation part.
 
-    Uses ``atan2(|axis part|, cos part)`` instead of ``acos((tr - 1)/2)``: it needs no clamp and
-    keeps full precision for tiny angles, where acos loses about half the digits.
+    ``atan2(sin, cos)``, the sine from the antisymmetric part (its axis vector has length ``2 sin``) and the
+    cosine from the trace, ``(tr R - 1) / 2``. The textbook ``acos((tr R - 1) / 2)`` loses half the digits
+    near 0 and 180 degrees, where the cosine is flat: in float64 it returns exactly 0 (or pi) for angles
+    within ~1.5e-8 rad of them.
     """
-    R = R_a.transpose(-1, -2) @ R_b
-    sin_vec = torch.stack(
-        [R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], dim=-1
-    )
-    cos = (torch.diagonal(R, dim1=-2, dim2=-1).sum(-1) - 1.0) / 2.0
-    return torch.rad2deg(torch.atan2(sin_vec.norm(dim=-1) / 2.0, cos))
+    xp = torch if isinstance(R, Tensor) else np
+    R = R[..., :3, :3]
+    sin2 = ((R[..., 2, 1] - R[..., 1, 2]) ** 2 + (R[..., 0, 2] - R[..., 2, 0]) ** 2
+            + (R[..., 1, 0] - R[..., 0, 1]) ** 2)
+    cos = (R[..., 0, 0] + R[..., 1, 1] + R[..., 2, 2] - 1.0) / 2.0
+    return xp.arctan2(xp.sqrt(sin2) / 2.0, cos)
+
+
+def rotation_angle_deg(R_a, R_b):
+    """Geodesic angle in degrees between rotations (or the rotations of poses) ``[..., 3|4, 3|4]``: the
+    angle of ``R_a^T R_b``, broadcast over the leading axes. Torch or numpy, as `rotation_angle`."""
+    R_a, R_b = R_a[..., :3, :3], R_b[..., :3, :3]
+    if isinstance(R_a, Tensor):
+        return torch.rad2deg(rotation_angle(R_a.transpose(-1, -2) @ R_b))
+    return np.rad2deg(rotation_angle(np.swapaxes(R_a, -1, -2) @ R_b))
 
 
 def translation_direction_angle_deg(t_a: Tensor, t_b: Tensor) -> Tensor:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gst_model.geometry import rotation_angle, rotation_angle_deg
+
 # Variance reported for an axis we cannot measure (a single inlier sample): large but finite,
 # so downstream filters treat the estimate as weak rather than exact.
 UNKNOWN_TRANSLATION_VAR = 1.0
@@ -30,8 +32,7 @@ class PoseSummary:
 
 def rotation_log(R: np.ndarray) -> np.ndarray:
     """Rotation vectors (axis * angle) of rotation matrices [..., 3, 3]."""
-    cos = np.clip((np.trace(R, axis1=-2, axis2=-1) - 1.0) / 2.0, -1.0, 1.0)
-    angle = np.arccos(cos)
+    angle = rotation_angle(R)
     skew = np.stack([R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], -1)
     sin = np.sin(angle)
     small = sin < 1e-6
@@ -45,12 +46,6 @@ def rotation_log(R: np.ndarray) -> np.ndarray:
             axis = M[np.argmax(np.diag(M))]
             out[idx] = axis / np.linalg.norm(axis) * angle[idx]
     return out
-
-
-def angle_between_deg(R_a: np.ndarray, R_b: np.ndarray) -> np.ndarray:
-    rel = np.swapaxes(R_a, -1, -2) @ R_b
-    cos = np.clip((np.trace(rel, axis1=-2, axis2=-1) - 1.0) / 2.0, -1.0, 1.0)
-    return np.degrees(np.arccos(cos))
 
 
 def project_to_rotation(M: np.ndarray) -> np.ndarray:
@@ -67,7 +62,7 @@ def summarize(samples: np.ndarray, inlier_deg: float = 15.0, anchor: int | None 
     """
     samples = np.asarray(samples, dtype=np.float64)
     R, t = samples[:, :3, :3], samples[:, :3, 3]
-    pairwise = angle_between_deg(R[:, None], R[None, :])
+    pairwise = rotation_angle_deg(R[:, None], R[None, :])
     if anchor is None:
         anchor = int(np.argmin(pairwise.sum(1)))
     inliers = pairwise[anchor] <= inlier_deg

@@ -32,21 +32,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 from transforms3d.axangles import axangle2mat
 
-from gst_model.checkpoint import DEFAULT_MODEL_DIR
+from gst_model.checkpoint import BUNDLE_PRESETS, DEFAULT_MODEL_DIR
 from gst_model.data.cameras import fov_to_K, relative_pose
 from gst_model.data.formats import Scene, View, scene_scale
 from gst_model.data.make_synthetic import assign_splits
 from gst_model.data.synthetic import random_scene, render, sample_cameras
-from gst_model.pose_samples import angle_between_deg, rotation_log
+from gst_model.geometry import rotation_angle_deg
+from gst_model.metrics import translation_direction_errors_deg
+from gst_model.pose_samples import rotation_log
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_TOPIC, INFO_TOPIC = "/demo/camera/image_raw", "/demo/camera/camera_info"
-# How the default model's synthetic data were made (training/configs/default.yaml); used to
-# regenerate a test-split scene exactly when the model's metadata does not say otherwise.
-DEFAULT_SYNTHETIC = {"scenes": 1200, "views_per_scene": 12, "seed": 7, "split_fractions": [0.9, 0.05, 0.05],
-                     "fov_min": 45.0, "fov_max": 65.0, "azimuth_spread": 120.0}
+# The default build's recipe: its synthetic-data settings regenerate a test-split scene exactly when the
+# model's metadata does not record its own (preset models).
+DEFAULT_BUILD_CONFIG = REPO / "training" / "configs" / "default.yaml"
 
 
 @dataclass
@@ -67,11 +69,12 @@ class Record:
 
 def synthetic_config(model: str) -> dict:
     """The synthetic-data settings the model was trained with, from its checkpoint metadata."""
+    default = yaml.safe_load(DEFAULT_BUILD_CONFIG.read_text())["synthetic"]
     cfg_file = Path(model) / "config.json"
     if cfg_file.is_file():
         meta = json.loads(cfg_file.read_text()).get("metadata", {})
-        return {**DEFAULT_SYNTHETIC, **meta.get("build_config", {}).get("synthetic", {})}
-    return dict(DEFAULT_SYNTHETIC)
+        return {**default, **meta.get("build_config", {}).get("synthetic", {})}
+    return default
 
 
 def held_out_scene(syn: dict, frames: int, height: int, width: int, which: int = 0) -> DemoScene:
@@ -97,7 +100,7 @@ def interpolated_path(views: np.ndarray, frames: int, target_deg: float) -> np.n
     training distribution; rotation is interpolated on SO(3), the centre linearly.
     """
     pairs = [(a, b) for a in range(len(views)) for b in range(len(views)) if a != b]
-    a, b = min(pairs, key=lambda p: abs(angle_between_deg(views[p[0]][:3, :3], views[p[1]][:3, :3]) - target_deg))
+    a, b = min(pairs, key=lambda p: abs(rotation_angle_deg(views[p[0]], views[p[1]]) - target_deg))
     start, end = views[a], views[b]
     rotvec = rotation_log(start[:3, :3].T @ end[:3, :3])
     angle = float(np.linalg.norm(rotvec))
@@ -109,13 +112,6 @@ def interpolated_path(views: np.ndarray, frames: int, target_deg: float) -> np.n
         c2w[:3, 3] = (1.0 - s) * start[:3, 3] + s * end[:3, 3]
         path.append(c2w)
     return np.stack(path)
-
-
-def direction_error_deg(t_a: np.ndarray, t_b: np.ndarray) -> float:
-    na, nb = np.linalg.norm(t_a), np.linalg.norm(t_b)
-    if na < 1e-9 or nb < 1e-9:
-        return float("nan")
-    return math.degrees(math.acos(float(np.clip(t_a @ t_b / (na * nb), -1.0, 1.0))))
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -258,12 +254,12 @@ def summarize(scene: DemoScene, record: Record, queries: list, model_size: int) 
     for f in frames:
         est, _, latency_ms, recv = record.estimates[f]
         gt = relative_pose(scene.c2w[0], scene.c2w[f])
-        rot_err.append(angle_between_deg(est[:3, :3], gt[:3, :3]))
-        dir_err.append(direction_error_deg(est[:3, 3], gt[:3, 3]))
+        rot_err.append(float(rotation_angle_deg(est, gt)))
+        dir_err.append(float(translation_direction_errors_deg(est, gt)))
         t_est.append(est[:3, 3] * scene.scale)
         t_gt.append(gt[:3, 3])
         lat.append((latency_ms, (recv - record.published_s.get(f, recv)) * 1000.0))
-    identity_err = [angle_between_deg(np.eye(3), relative_pose(scene.c2w[0], scene.c2w[f])[:3, :3]) for f in frames]
+    identity_err = [float(rotation_angle_deg(np.eye(4), relative_pose(scene.c2w[0], scene.c2w[f]))) for f in frames]
     view_scores = []
     for q in queries:
         truth, copy = _square(scene.frames[q["frame"]], model_size), _square(scene.frames[0], model_size)
@@ -404,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.frames < 2 or args.rate <= 0 or args.queries < 1:
         parser.error("need --frames >= 2, --rate > 0 and --queries >= 1")
     model_path = Path(args.model)
-    if args.model not in ("tiny", "small") and not (model_path / "config.json").is_file():
+    if args.model not in BUNDLE_PRESETS and not (model_path / "config.json").is_file():
         print(f"demo: model {args.model} not found (train it with python -m training.build_default)", file=sys.stderr)
         return 1
     out = Path(args.out)

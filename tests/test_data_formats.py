@@ -13,9 +13,10 @@ from transforms3d.quaternions import mat2quat
 from gst_model.data import colmap, formats
 from gst_model.data.cameras import fov_to_K, look_at, project, relative_pose
 from gst_model.data.make_synthetic import SyntheticConfig, assign_splits, make_dataset, sequence_id
-from gst_model.data.pairs import PairDataset, center_crop_resize, rotation_angles_deg, to_tensor
+from gst_model.data.pairs import PairDataset, center_crop_resize, to_tensor
 from gst_model.data.synthetic import random_scene, render, sample_cameras
 from gst_model.data.token_cache import TokenCache
+from gst_model.geometry import rotation_angle_deg
 
 FLIP_XY = np.diag([-1.0, -1.0, 1.0])
 
@@ -314,7 +315,7 @@ def test_pair_dataset_rotation_range_scale_and_tensors(tmp_path):
     for i in range(len(ds)):
         s, o, t, rel, scale = ds.pair_pose(i)
         poses = np.stack([v.c2w for v in ds.scenes[s].views])
-        angle = rotation_angles_deg(poses[o], poses[t:t + 1])[0]
+        angle = rotation_angle_deg(poses[o], poses[t])
         assert o != t and 10.0 <= angle <= 60.0
         raw = relative_pose(poses[o], poses[t])
         np.testing.assert_allclose(rel[:3, :3], raw[:3, :3], atol=1e-12)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from gst_model.data import synthetic as syn
-from gst_model.data.cameras import fov_to_K, look_at, project, relative_rotation_deg
+from gst_model.data.cameras import fov_to_K, look_at, project
+from gst_model.geometry import rotation_angle_deg
 
 
 def _grey_room(objects, lights=()):
@@ -112,7 +113,7 @@ def test_sampled_pairs_respect_rotation_range():
     for lo, hi in [(0.0, 15.0), (20.0, 45.0), (45.0, 60.0)]:
         for _ in range(6):
             c2w, fov = syn.sample_pair(scene, rng, (lo, hi), fov_deg=(40.0, 60.0))
-            angle = relative_rotation_deg(c2w[0], c2w[1])
+            angle = rotation_angle_deg(c2w[0], c2w[1])
             assert lo <= angle <= hi and ((40.0 <= fov) & (fov <= 60.0)).all()
             for pose in c2w:
                 assert np.allclose(pose[:3, :3].T @ pose[:3, :3], np.eye(3), atol=1e-9)
@@ -137,10 +138,10 @@ def test_cameras_look_at_the_scene_and_stay_clear_of_objects():
 def test_smooth_trajectory_moves_in_small_steps():
     scene = syn.random_scene(np.random.default_rng(2))
     path = syn.smooth_trajectory(scene, 30, arc_deg=90.0)
-    steps = [relative_rotation_deg(a, b) for a, b in zip(path[:-1], path[1:])]
+    steps = [rotation_angle_deg(a, b) for a, b in zip(path[:-1], path[1:])]
     moves = [np.linalg.norm(a[:3, 3] - b[:3, 3]) for a, b in zip(path[:-1], path[1:])]
     assert path.shape == (30, 4, 4) and max(steps) < 6.0 and max(moves) < 0.4
-    assert relative_rotation_deg(path[0], path[-1]) > 45.0
+    assert rotation_angle_deg(path[0], path[-1]) > 45.0
     assert math.isclose(np.linalg.det(path[10][:3, :3]), 1.0)
 
 

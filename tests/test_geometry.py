@@ -292,11 +292,41 @@ def test_rotation_angle():
     for deg in (37.0, 179.9, 180.0):
         angle = rotation_angle_deg(R, R @ axis_angle([1, 2, -1], math.radians(deg)))
         assert angle.item() == pytest.approx(deg)
-    # acos((tr - 1)/2) would give 0 or ~1e-6 here; the angle must stay accurate.
-    tiny = 1e-9
-    angle = rotation_angle_deg(R, R @ axis_angle([0, 1, 1], tiny))
-    assert angle.item() == pytest.approx(math.degrees(tiny), rel=1e-3)
     assert rotation_angle_deg(R, R).item() == pytest.approx(0.0, abs=1e-10)
+
+
+def _acos_angle(R_a: torch.Tensor, R_b: torch.Tensor) -> float:
+    """The textbook formula, acos((tr(R_a^T R_b) - 1) / 2), as the five copies of it computed the angle."""
+    return math.acos(max(-1.0, min(1.0, (torch.trace(R_a.T @ R_b).item() - 1.0) / 2.0)))
+
+
+@pytest.mark.parametrize("angle", [1e-9, 1e-7, 1e-3, 1.0, math.pi - 1e-3, math.pi - 1e-7, math.pi - 1e-9])
+def test_rotation_angle_keeps_full_precision_near_0_and_180_degrees(angle):
+    """Known angles, read back from a rotated (so rounded) product: the atan2 form is exact to ~1e-16 rad
+    everywhere, while acos of the trace is off by up to 1e-9 rad (all of a 1e-9 rad angle) near 0 and pi."""
+    R = random_rotations(1, torch.Generator().manual_seed(16))[0]
+    R_b = R @ axis_angle([1, 2, -1], angle)
+    got = math.radians(rotation_angle_deg(R, R_b).item())
+    assert abs(got - angle) < 1e-15
+    if angle < 1e-6 or math.pi - angle < 1e-6:
+        assert abs(_acos_angle(R, R_b) - angle) > 1e-10  # what the acos copies lost here
+    # numpy in, numpy out, the same numbers; poses [4, 4] give the angle of their rotations
+    T_a, T_b = np.eye(4), np.eye(4)
+    T_a[:3, :3], T_b[:3, :3] = R.numpy(), R_b.numpy()
+    got_np = rotation_angle_deg(T_a, T_b)
+    assert isinstance(got_np, np.floating) and float(got_np) == rotation_angle_deg(R, R_b).item()
+
+
+def test_rotation_angle_broadcasts_and_keeps_the_array_kind():
+    gen = torch.Generator().manual_seed(3)
+    R = random_rotations(5, gen)
+    pairwise = rotation_angle_deg(R[:, None], R[None, :])
+    assert pairwise.shape == (5, 5) and torch.allclose(pairwise, pairwise.T) and pairwise.diagonal().max() < 1e-6
+    one_to_all = rotation_angle_deg(R[0].numpy(), R.numpy())
+    assert isinstance(one_to_all, np.ndarray) and one_to_all.shape == (5,)
+    np.testing.assert_allclose(one_to_all, pairwise[0].numpy(), rtol=1e-14)
+    f32 = rotation_angle_deg(R.float(), R.flip(0).float())
+    assert f32.dtype == torch.float32 and torch.allclose(f32.double(), rotation_angle_deg(R, R.flip(0)), atol=1e-3)
 
 
 def test_translation_direction_angle():

@@ -9,7 +9,7 @@ import torch
 
 from gst_model import GSTPipeline
 from gst_model.checkpoint import build_bundle, load_bundle, save_bundle
-from gst_model.geometry import validate_rigid
+from gst_model.geometry import rotation_angle_deg, validate_rigid
 from gst_model.image import center_crop_resize, crop_resize_intrinsics
 from gst_model.pose_samples import summarize
 
@@ -208,7 +208,7 @@ def test_summary_rejects_outliers_and_measures_spread():
     samples += [flipped, flipped]
     s = summarize(np.array(samples), inlier_deg=15)
     assert s.inliers.sum() == 10 and abs(s.consistency - 10 / 12) < 1e-12
-    R_err = np.degrees(np.arccos((np.trace(base.T @ s.c2w[:3, :3]) - 1) / 2))
+    R_err = rotation_angle_deg(base, s.c2w)
     assert R_err < 2.0 and 0.5 < s.rotation_spread_deg < 4.0
     assert np.allclose(s.c2w[:3, 3], [1.0, 0.0, 0.2], atol=0.02)
     assert np.all(np.diag(s.covariance)[3:] > np.diag(s.covariance)[:3])  # 2 deg rot noise vs 1 cm transl.

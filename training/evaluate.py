@@ -38,7 +38,8 @@ from tqdm import tqdm  # noqa: E402
 
 from gst_model import metrics  # noqa: E402
 from gst_model.data.formats import read_re10k_split  # noqa: E402
-from gst_model.data.pairs import PairDataset, rotation_angles_deg  # noqa: E402
+from gst_model.data.pairs import PairDataset  # noqa: E402
+from gst_model.geometry import rotation_angle_deg  # noqa: E402
 from gst_model.image import center_crop_resize, crop_resize_intrinsics  # noqa: E402
 from gst_model.pipeline import POSE_SELECTIONS, GSTPipeline  # noqa: E402
 from gst_model.pose_samples import summarize  # noqa: E402
@@ -212,7 +213,7 @@ def evaluate_pairs(pipe: GSTPipeline, ds: PairDataset, args, lpips_net) -> tuple
 def choose_set(poses: np.ndarray, rng: np.random.Generator, n_views: int, min_rot: float, max_rot: float):
     """A reference frame and n_views - 1 others within the rotation range of it, or None."""
     for ref in rng.permutation(len(poses)):
-        angles = rotation_angles_deg(poses[ref], poses)
+        angles = rotation_angle_deg(poses[ref], poses)
         ok = np.flatnonzero((angles >= min_rot) & (angles <= max_rot))
         ok = ok[ok != ref]
         if len(ok) >= n_views - 1:

@@ -48,17 +48,6 @@ def relative_pose(c2w_obs: np.ndarray, c2w_target: np.ndarray) -> np.ndarray:
                                   torch.from_numpy(np.asarray(c2w_target, dtype=np.float64))).numpy()
 
 
-def rotation_angle_deg(R: np.ndarray) -> float:
-    """Geodesic angle of a rotation matrix, in degrees."""
-    cos = (np.trace(R[:3, :3]) - 1.0) / 2.0
-    return math.degrees(math.acos(min(1.0, max(-1.0, cos))))
-
-
-def relative_rotation_deg(c2w_a: np.ndarray, c2w_b: np.ndarray) -> float:
-    """Angle of the rotation between two camera poses, in degrees."""
-    return rotation_angle_deg(c2w_a[:3, :3].T @ c2w_b[:3, :3])
-
-
 def project(points_world: np.ndarray, c2w: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pixel coordinates (continuous plane, see module doc) and z-depth of world points [N, 3]."""
     w2c = np.linalg.inv(c2w)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from gst_model import image as image_ops
+from gst_model.geometry import rotation_angle_deg
 
 from gst_model.data.cameras import relative_pose
 from gst_model.data.formats import PairSample, Scene, make_pair, scene_scale
@@ -27,12 +28,6 @@ def center_crop_resize(image: np.ndarray, K: np.ndarray, size: int) -> tuple[np.
     """Square centre crop of the short side, bicubic resize to size x size, and the matching K."""
     return (image_ops.center_crop_resize(image, size),
             image_ops.crop_resize_intrinsics(K, image.shape[0], image.shape[1], size))
-
-
-def rotation_angles_deg(c2w_ref: np.ndarray, c2ws: np.ndarray) -> np.ndarray:
-    """Relative rotation angle (degrees) from one pose to each of c2ws [N, 4, 4]."""
-    cos = ((c2w_ref[None, :3, :3] * c2ws[:, :3, :3]).sum(axis=(1, 2)) - 1.0) / 2.0
-    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -73,7 +68,7 @@ class PairDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng((self.seed, self.epoch, index))
         poses = self._poses[s]
         for obs in rng.permutation(len(poses)):
-            angles = rotation_angles_deg(poses[obs], poses)
+            angles = rotation_angle_deg(poses[obs], poses)
             ok = np.flatnonzero((angles >= self.min_rot) & (angles <= self.max_rot))
             ok = ok[ok != obs]
             if len(ok):

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gst_model.data.cameras import look_at, relative_rotation_deg
+from gst_model.data.cameras import look_at
+from gst_model.geometry import rotation_angle_deg
 
 TEXTURES = ("solid", "checker", "stripes", "noise", "gradient", "marble")
 _EPS = 1e-4
@@ -625,7 +626,7 @@ def sample_pair(scene: SceneSpec, rng: np.random.Generator, rot_range_deg=(0.0, 
     camera_kwargs.setdefault("azimuth_spread_deg", min(360.0, 1.2 * hi + 10.0))
     for _ in range(max_tries):
         c2w, fov = sample_cameras(scene, rng, 2, **camera_kwargs)
-        if lo <= relative_rotation_deg(c2w[0], c2w[1]) <= hi:
+        if lo <= rotation_angle_deg(c2w[0], c2w[1]) <= hi:
             return c2w, fov
     raise RuntimeError(f"no camera pair with relative rotation in {rot_range_deg} after {max_tries} tries")
 
