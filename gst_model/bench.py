@@ -250,7 +250,7 @@ def _fmt(x, scale=1.0, digits=1):
 
 
 def run(presets: list[str], out: Path, quick: bool, export_root: Path) -> str:
-    from gst_model.runtime.ort_runtime import ensure_export
+    from gst_model.manifest import ensure_export
 
     info = machine()
     print(f"machine: {info['cpu']}, {info['cores']} cores, matmul {info['matmul_gflops']:.0f} GFLOP/s, "
@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print("RESULT " + json.dumps(worker(*args.worker, quick=args.quick)), flush=True)
         return 0
-    from gst_model.runtime.ort_runtime import default_cache_root
+    from gst_model.manifest import default_cache_root
 
     text = run(args.presets.split(","), Path(args.out), args.quick, Path(args.export_root or default_cache_root()))
     print(text)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from gst_model import geometry
-from gst_model.generate import generate
+from gst_model.generate import SamplingParams, generate
 from gst_model.recipe import recipe_state_dict
 from gst_model.tokenizer import VQConfig, VQModel
 from gst_model.transformer import GSTConfig, Transformer, build_rope_table
@@ -88,7 +88,7 @@ def check_tiny_gpt(golden) -> Iterator[Check]:
     yield Check("tiny_gpt.logits_kv_prefill", _max_abs(prefill, golden["tiny_gpt.logits_kv_prefill"]), TOL_LOGITS)
     yield Check("tiny_gpt.logits_kv_steps", _max_abs(torch.cat(steps, 1), golden["tiny_gpt.logits_kv_steps"]), TOL_LOGITS)
     for scale, key in ((1.0, "tiny_gpt.greedy_gen_cfg1"), (3.0, "tiny_gpt.greedy_gen_cfg3")):
-        out = generate(model, cond, idx.shape[1], cfg_scale=scale, greedy=True)
+        out = generate(model, cond, idx.shape[1], SamplingParams(cfg_scale=scale, greedy=True))
         yield Check(key, _mismatch(out.numpy(), golden[key]), 0, "differing tokens")
 
 

@@ -9,20 +9,22 @@ Graphs (float32 activations, int64 ids; B = batch, T = tokens per view, L = laye
     camera_decoder  codes [B,T]                                 -> rays [B,6,R,R]
     prefill         tokens [B,P], input_pos [P]                 -> logits [B,V] (last position),
                                                                    k_i, v_i [B,H,P,D] for each layer i
-    decode          token [B,1], input_pos [1], prompt_k_i, prompt_v_i [G,H,P,D],
-                    gen_k_i, gen_v_i [B,H,S,D]              -> logits [B,V], new_k_i, new_v_i [B,H,1,D]
+    decode          tokens [B,K], input_pos [B,K], prompt_k_i, prompt_v_i [G,H,P,D],
+                    gen_k_i, gen_v_i [B,H,S,D]           -> logits [B,K,V], new_k_i, new_v_i [B,H,K,D]
     prefill_p{P}_static   the prefill with a fixed batch and prompt length, for TensorRT
-    decode_static   token [B,1], input_pos [1], cache_k_i, cache_v_i [B,H,S,D] (fixed B and S), same outputs
+    decode_static   tokens [B,1], input_pos [B,1], cache_k_i, cache_v_i [B,H,S,D] (fixed B and S), same outputs
+    verify_static   the same with K = the exported static draft length (speculative blocks), for TensorRT
     score           tokens [B,L]                                -> log_likelihood [B]: of the last T tokens
                                                                    given the rest (`gst_model.likelihood`)
     score_static    the score graph with a fixed batch and L = 3T + 1, for TensorRT
 
-Decode-step contract (`decode`): G prompts of P tokens, each continued by B/G rows; row b continues
-prompt b // (B/G). The prompts' keys/values are passed once, not once per row, so N hypotheses read
-them once per step. gen slots 0..input_pos-P-1 hold the tokens generated so far, later ones are
-ignored. `decode_static` takes one full cache per row instead: slots 0..input_pos-1 hold the sequence.
-Both return only the new key/value row; the caller writes it into its cache. ONNX has no in-place
-update, so returning the whole cache would copy every cached float for every token.
+Decode-step contract (`decode`): a block of K tokens per row (K = 1: a plain step; K > 1: a speculative
+block), at positions that may differ between rows. G prompts of P tokens, each continued by B/G rows; row b
+continues prompt b // (B/G). The prompts' keys/values are passed once, not once per row, so N hypotheses read
+them once per step. Row b's gen slots before its block (slot s = position P + s, s < input_pos[b,0] - P) hold
+the tokens generated so far; later ones are ignored. `decode_static` / `verify_static` take one full cache
+per row instead, slot = position. All return only the block's keys/values; the caller writes them into its
+cache. The math is `gst_model.transformer.attend_block`, traced through the Transformer's own forward.
 
 Weights are stored once per component: every transformer graph points into `transformer.weights`,
 the tokenizer graphs into `image_tokenizer.weights` / `camera_tokenizer.weights` (initializers are
@@ -33,7 +35,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -48,120 +49,85 @@ import torch.nn as nn
 import torch.nn.functional as F
 from onnx import numpy_helper
 
-from gst_model.checkpoint import hash_weights
+from gst_model.generate import DRAFT_LEN
 from gst_model.likelihood import segment_log_likelihood
-from gst_model.transformer import Transformer, apply_rope, find_multiple
+from gst_model.manifest import EXPORT_FORMAT, bundle_digest, exporter_source, sha256_file
+from gst_model.transformer import Transformer, attend_block, find_multiple
 
-EXPORT_FORMAT = "gst_ros.onnx/3"  # 2: decode shares the prompt cache; 3: score graphs
 OPSET = 17
 # Measured on the 2-core dev machine (tiny bundle, 8 graphs): the TorchScript exporter takes ~1 s per
 # graph, the dynamo exporter ~15 s, with the same ORT parity; the TorchScript path is used.
 EXPORTER = f"torch {torch.__version__} torch.onnx.export(dynamo=False)"
-# The code the graphs are traced from: an export cached by other code is stale even at the same format.
-EXPORTER_SOURCE = hashlib.sha256(b"".join((Path(__file__).parent / name).read_bytes() for name in (
-    "export.py", "transformer.py", "tokenizer.py", "likelihood.py"))).hexdigest()
 _EXTERNAL_MIN_BYTES = 1024  # smaller initializers stay inside the graph
 _ALIGN = 64
 
 
 # ------------------------------------------------------------------------------ wrapper modules
-def _qkv(attn, x: torch.Tensor, rope: torch.Tensor):
-    """The Attention module's projection, QK-norm and RoPE; returns q, k, v as [B, H, T, D]."""
-    b, t, _ = x.shape
-    q, k, v = attn.wqkv(x).view(b, t, 3, attn.n_head, attn.head_dim).unbind(2)
-    if attn.qk_norm:
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    q, k = apply_rope(q, rope), apply_rope(k, rope)
-    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+# The graphs trace the Transformer's own forward: for the trace, each layer's cache is replaced by one whose
+# tensors are graph inputs and which records the new keys/values as graph outputs (ONNX has no in-place
+# update, and returning whole caches would copy every cached float each step).
+class _PrefillCapture:
+    """Causal attention over the prompt alone; keeps the prompt's keys/values."""
+
+    def attend(self, q, k, v, input_pos):
+        self.k, self.v = k, v
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
-def _merge_heads(y: torch.Tensor) -> torch.Tensor:
-    b, h, t, d = y.shape
-    return y.transpose(1, 2).reshape(b, t, h * d)
+class _BlockInputs:
+    """`attend_block` over caches given as graph inputs; keeps the block's keys/values."""
+
+    def __init__(self, prompt_k, prompt_v, past_k, past_v, past_start):
+        self.prompt_k, self.prompt_v, self.past_k, self.past_v, self.past_start = (
+            prompt_k, prompt_v, past_k, past_v, past_start)
+
+    def attend(self, q, k, v, input_pos):
+        self.k, self.v = k, v
+        return attend_block(q, k, v, input_pos, self.prompt_k, self.prompt_v, self.past_k, self.past_v,
+                            self.past_start)
 
 
-class PrefillGraph(nn.Module):
-    """Causal pass over a prompt; returns last-position logits and every layer's keys/values."""
+class _CachedGraph(nn.Module):
+    """Runs the model with per-layer graph caches; returns logits and each layer's new keys/values."""
 
     def __init__(self, model: Transformer):
         super().__init__()
         self.model = model
+
+    def _run(self, tokens, input_pos, caches, last=None):
+        layers = self.model.layers
+        try:
+            for layer, cache in zip(layers, caches):
+                layer.attention.kv_cache = cache
+            logits = self.model(tokens, input_pos, use_cache=True, last=last)
+        finally:
+            self.model.clear_caches()
+        return (logits, *[t for c in caches for t in (c.k, c.v)])
+
+
+class PrefillGraph(_CachedGraph):
+    """Causal pass over a prompt; returns last-position logits [B, V] and every layer's keys/values."""
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor):
-        m = self.model
-        rope = m.freqs_cis[input_pos]
-        h = m.tok_embeddings(tokens)
-        kv = []
-        for layer in m.layers:
-            q, k, v = _qkv(layer.attention, layer.attention_norm(h), rope)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            h = h + layer.attention.wo(_merge_heads(y))
-            h = h + layer.feed_forward(layer.ffn_norm(h))
-            kv += [k, v]
-        # Norm and head are per position: computing them for the last one only saves a [P, V] matmul.
-        return (m.output(m.norm(h[:, -1])).float(), *kv)
+        logits, *kv = self._run(tokens, input_pos, [_PrefillCapture() for _ in self.model.layers], last=1)
+        return (logits[:, -1], *kv)
 
 
-class _DecodeStepGraph(nn.Module):
-    """One token per row through every block; subclasses supply the attention over their cache layout.
-    Returns the logits and each layer's key/value rows of the token."""
-
-    def __init__(self, model: Transformer):
-        super().__init__()
-        self.model = model
-        self.scale = 1.0 / math.sqrt(model.config.head_dim)
-
-    def forward(self, token: torch.Tensor, input_pos: torch.Tensor, *cache: torch.Tensor):
-        m = self.model
-        rope = m.freqs_cis[input_pos]
-        h = m.tok_embeddings(token)
-        hidden = self.hidden_slots(input_pos, cache)
-        new = []
-        for i, layer in enumerate(m.layers):
-            q, k, v = _qkv(layer.attention, layer.attention_norm(h), rope)
-            y = self.attend(q, k, v, cache, i, hidden)
-            h = h + layer.attention.wo(_merge_heads(y))
-            h = h + layer.feed_forward(layer.ffn_norm(h))
-            new += [k, v]
-        return (m.output(m.norm(h[:, -1])).float(), *new)
-
-
-class DecodeGraph(_DecodeStepGraph):
-    """Static layout: one fixed-size cache per row, slots 0..input_pos-1 filled."""
-
-    def hidden_slots(self, input_pos, cache):
-        slots = torch.arange(cache[0].shape[2], device=input_pos.device)
-        return (slots >= input_pos).view(1, 1, 1, -1)  # not yet written (or a stale row)
-
-    def attend(self, q, k, v, cache, i, hidden):
-        k_cache, v_cache = cache[2 * i], cache[2 * i + 1]
-        # Scores against the cache and against the new key, one softmax over both: the same
-        # attention as writing k into slot input_pos first, without copying the cache.
-        s_past = torch.matmul(q, k_cache.transpose(-1, -2)).masked_fill(hidden, float("-inf"))
-        s_new = (q * k).sum(-1, keepdim=True)
-        p = (torch.cat([s_past, s_new], dim=-1) * self.scale).softmax(dim=-1)
-        return torch.matmul(p[..., :-1], v_cache) + p[..., -1:] * v
-
-
-class SharedDecodeGraph(_DecodeStepGraph):
+class SharedDecodeGraph(_CachedGraph):
     """Shared layout (see the module docstring): the prompts' cache once, per-row generated slots."""
 
-    def hidden_slots(self, input_pos, cache):
-        slots = torch.arange(cache[2].shape[2], device=input_pos.device)
-        return (slots >= input_pos - cache[0].shape[2]).view(1, 1, 1, -1)  # not generated yet
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, *cache: torch.Tensor):
+        plen = cache[0].shape[2]
+        caches = [_BlockInputs(*cache[4 * i: 4 * i + 4], plen) for i in range(len(self.model.layers))]
+        return self._run(tokens, input_pos, caches)
 
-    def attend(self, q, k, v, cache, i, hidden):
-        prompt_k, prompt_v, gen_k, gen_v = cache[4 * i: 4 * i + 4]
-        b, (g, heads, plen, d), n_gen = q.shape[0], prompt_k.shape, gen_k.shape[2]
-        # The rows of one prompt are the query rows of one matmul against its keys: [G, H, B/G, P].
-        s_prompt = torch.matmul(q.reshape(g, -1, heads, d).transpose(1, 2), prompt_k.transpose(-1, -2))
-        s_gen = torch.matmul(q, gen_k.transpose(-1, -2)).masked_fill(hidden, float("-inf"))
-        s_new = (q * k).sum(-1, keepdim=True)
-        s_rows = torch.cat([s_gen, s_new], dim=-1).reshape(g, -1, heads, n_gen + 1).transpose(1, 2)
-        p = (torch.cat([s_prompt, s_rows], dim=-1) * self.scale).softmax(dim=-1)
-        y_prompt = torch.matmul(p[..., :plen], prompt_v).transpose(1, 2).reshape(b, heads, 1, d)
-        p_rows = p[..., plen:].transpose(1, 2).reshape(b, heads, 1, -1)
-        return y_prompt + torch.matmul(p_rows[..., :-1], gen_v) + p_rows[..., -1:] * v
+
+class StaticDecodeGraph(_CachedGraph):
+    """Static layout: one fixed-size cache per row, slot = absolute position."""
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, *cache: torch.Tensor):
+        caches = [_BlockInputs(None, None, cache[2 * i], cache[2 * i + 1], 0) for i in range(len(self.model.layers))]
+        return self._run(tokens, input_pos, caches)
 
 
 class ScoreGraph(nn.Module):
@@ -217,22 +183,6 @@ def shared_cache_names(n_layer: int) -> list[str]:
     return [f"{kind}_{i}" for i in range(n_layer) for kind in ("prompt_k", "prompt_v", "gen_k", "gen_v")]
 
 
-def bundle_digest(bundle) -> str:
-    """sha256 over the bundle's configuration and every weight: the key of exported artefacts."""
-    h = hashlib.sha256(json.dumps(bundle.config_dict(), sort_keys=True, default=str).encode())
-    for part in ("transformer", "image_tokenizer", "camera_tokenizer"):
-        hash_weights(h, getattr(bundle, part), f"{part}.")
-    return h.hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class _WeightFile:
     """Append-only external-data file that stores each distinct initializer payload once."""
 
@@ -279,7 +229,7 @@ def _io_spec(values) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------ export
-def _graph_specs(bundle, static_batch: int | None, prompt_lengths: list[int]):
+def _graph_specs(bundle, static_batch: int | None, prompt_lengths: list[int], static_draft_len: int):
     """(name, component, module, example args, input names, output names, dynamic axes) per graph."""
     model = bundle.transformer
     cfg = model.config
@@ -299,34 +249,36 @@ def _graph_specs(bundle, static_batch: int | None, prompt_lengths: list[int]):
 
     kv_out, cache_in, new_out = layer_names("present", L), layer_names("cache", L), layer_names("new", L)
     H, D, S = cfg.n_head, cfg.head_dim, cache_slots(cfg)
-    prefill, decode, shared = PrefillGraph(model), DecodeGraph(model), SharedDecodeGraph(model)
+    prefill, static_decode, shared = PrefillGraph(model), StaticDecodeGraph(model), SharedDecodeGraph(model)
     shared_in = shared_cache_names(L)
 
     def prefill_args(b, p):
         return (torch.zeros(b, p, dtype=torch.long), torch.arange(p))
 
-    def decode_args(b, s):
-        return (torch.zeros(b, 1, dtype=torch.long), torch.tensor([s // 2]),
+    def static_args(b, k, s):
+        return (torch.zeros(b, k, dtype=torch.long), torch.arange(s // 2, s // 2 + k).expand(b, k),
                 *[torch.zeros(b, H, s, D) for _ in range(2 * L)])
 
     specs.append(("prefill", "transformer", prefill, prefill_args(2, 2 * T + 1), ["tokens", "input_pos"],
                   ["logits", *kv_out],
                   {"tokens": {0: "batch", 1: "prompt"}, "input_pos": {0: "prompt"}, "logits": batch,
                    **{n: {0: "batch", 2: "prompt"} for n in kv_out}}))
-    P, n_gen = 2 * T + 1, 8
-    shared_args = (torch.zeros(4, 1, dtype=torch.long), torch.tensor([P + 3]),
+    P, n_gen, k = 2 * T + 1, 8, 3
+    shared_args = (torch.zeros(4, k, dtype=torch.long), torch.arange(P + 3, P + 3 + k).expand(4, k),
                    *[torch.zeros(2, H, P, D) if "prompt" in n else torch.zeros(4, H, n_gen, D) for n in shared_in])
-    specs.append(("decode", "transformer", shared, shared_args, ["token", "input_pos", *shared_in],
+    block = {0: "batch", 1: "block"}
+    specs.append(("decode", "transformer", shared, shared_args, ["tokens", "input_pos", *shared_in],
                   ["logits", *new_out],
-                  {"token": batch, "logits": batch, **{n: batch for n in new_out},
+                  {"tokens": block, "input_pos": block, "logits": block, **{n: {0: "batch", 2: "block"} for n in new_out},
                    **{n: ({0: "prompts", 2: "prompt"} if "prompt" in n else {0: "batch", 2: "generated"})
                       for n in shared_in}}))
     if static_batch:
         for p in prompt_lengths:
             specs.append((f"prefill_p{p}_static", "transformer", prefill, prefill_args(static_batch, p),
                           ["tokens", "input_pos"], ["logits", *kv_out], None))
-        specs.append(("decode_static", "transformer", decode, decode_args(static_batch, S),
-                      ["token", "input_pos", *cache_in], ["logits", *new_out], None))
+        for name, k in (("decode_static", 1), ("verify_static", static_draft_len)):
+            specs.append((name, "transformer", static_decode, static_args(static_batch, k, S),
+                          ["tokens", "input_pos", *cache_in], ["logits", *new_out], None))
     score = ScoreGraph(model, bundle.vocab)
     sequence = 3 * T + 1
     specs.append(("score", "transformer", score, (torch.zeros(2, sequence, dtype=torch.long),), ["tokens"],
@@ -338,7 +290,7 @@ def _graph_specs(bundle, static_batch: int | None, prompt_lengths: list[int]):
 
 
 def export_bundle(bundle, out_dir: str | Path, static_batch: int | None = None,
-                  prompt_lengths: list[int] | None = None) -> dict:
+                  prompt_lengths: list[int] | None = None, static_draft_len: int = DRAFT_LEN) -> dict:
     """Write every graph, the shared weight files and manifest.json to out_dir; return the manifest.
 
     The directory is assembled under a temporary name and renamed at the end, so a crash never leaves
@@ -355,7 +307,7 @@ def export_bundle(bundle, out_dir: str | Path, static_batch: int | None = None,
     t0 = time.perf_counter()
     try:
         for name, comp, module, args, in_names, out_names, axes in _graph_specs(bundle, static_batch,
-                                                                               prompt_lengths):
+                                                                               prompt_lengths, static_draft_len):
             raw_path = work / f"{name}.raw.onnx"
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation/tracer notes
@@ -384,12 +336,13 @@ def export_bundle(bundle, out_dir: str | Path, static_batch: int | None = None,
         manifest = {
             "format": EXPORT_FORMAT,
             "exporter": EXPORTER,
-            "exporter_source": EXPORTER_SOURCE,
+            "exporter_source": exporter_source(),
             "onnx_version": onnx.__version__,
             "model_sha256": bundle_digest(bundle),
             "config": bundle.config_dict(),
             "static_batch": static_batch,
             "static_prompt_lengths": prompt_lengths if static_batch else [],
+            "static_draft_len": static_draft_len if static_batch else None,
             "cache_slots": cache_slots(cfg),
             "n_layer": cfg.n_layer,
             "graphs": graphs,
@@ -406,28 +359,6 @@ def export_bundle(bundle, out_dir: str | Path, static_batch: int | None = None,
             store.file.close()
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
-
-
-def load_manifest(model_dir: str | Path, verify: bool = True) -> dict:
-    """Read manifest.json; with verify, raise ValueError if any listed file's sha256 differs."""
-    model_dir = Path(model_dir)
-    path = model_dir / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{model_dir} has no manifest.json (not a gst_model.export directory)")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"{path}: unsupported export format {manifest.get('format')!r} (expected {EXPORT_FORMAT})")
-    if verify:
-        expected = {}
-        for g in manifest["graphs"].values():
-            expected.update(g["sha256"])
-        for name, digest in expected.items():
-            f = model_dir / name
-            if not f.is_file():
-                raise ValueError(f"{model_dir}: {name} listed in the manifest is missing")
-            if sha256_file(f) != digest:
-                raise ValueError(f"{model_dir}: {name} does not match its sha256 in manifest.json")
-    return manifest
 
 
 def main(argv: list[str] | None = None) -> int:

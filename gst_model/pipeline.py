@@ -19,17 +19,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gst_model import geometry
+from gst_model import classical, geometry
+from gst_model.classical import TwoViewResult
 from gst_model.checkpoint import BUNDLE_PRESETS, DEFAULT_MODEL_DIR, ModelBundle, build_bundle, load_bundle
-from gst_model.image import to_model_input, to_uint8, validate_image
+from gst_model.image import (implied_intrinsics, resample_to_camera, to_model_input, to_uint8, validate_image,
+                             validate_intrinsics)
 from gst_model.pose_samples import summarize
-from gst_model.runtime import SamplingParams, make_runtime
+from gst_model.generate import DRAFT_LEN, SamplingParams, generate
+from gst_model.runtime import make_runtime
 from gst_model.vocab import Task
 
 # Generous bound: each sample is one autoregressive sequence in the batch.
 MAX_SAMPLES = 256
+# Speculative decoding of camera tokens (see __init__ and README "Speculative decoding"); set from bench/results.md.
+SPECULATIVE = False
 # How estimate_pose turns its samples into one pose (see estimate_pose).
 POSE_SELECTIONS = ("likelihood", "consensus")
+# RANSAC inliers the classical estimate needs to join the hypotheses (estimate_pose(hybrid=True)).
+HYBRID_MIN_INLIERS = 15
 
 
 @dataclass
@@ -44,11 +51,22 @@ class PoseEstimate:
     intrinsics: np.ndarray = field(repr=False, default=None)  # (N,3,3) at the model's ray-map size
     # (N,) log p(image b | image a, sample's camera) in nats, when selection="likelihood" and N > 1
     sample_log_likelihoods: np.ndarray | None = field(repr=False, default=None)
+    source: str = "gst"  # which hypothesis won: "gst" (a sample) or "classical" (hybrid=True)
+    classical: TwoViewResult | None = field(repr=False, default=None)  # the classical estimate (hybrid=True)
+    classical_log_likelihood: float | None = None  # its log p(image b | image a, camera), when it was scored
 
 
 class GSTPipeline:
     def __init__(self, bundle: ModelBundle, backend: str = "torch", device: str = "cpu",
-                 estimate_intrinsics: bool | None = None, inlier_deg: float = 15.0, **runtime_options):
+                 estimate_intrinsics: bool | None = None, inlier_deg: float = 15.0,
+                 speculative: bool = SPECULATIVE, draft_len: int = DRAFT_LEN, **runtime_options):
+        """speculative: decode camera tokens with geometric drafts (`gst_model.drafting`), verifying
+        draft_len - 1 drafted tokens per transformer pass; the samples keep their distribution (greedy: the
+        same tokens), only the number of sequential passes changes."""
+        if isinstance(draft_len, bool) or not isinstance(draft_len, int) or draft_len < 2:
+            raise ValueError(f"draft_len must be an integer >= 2, got {draft_len!r}")
+        self.speculative = bool(speculative)
+        self.draft_len = draft_len
         self.bundle = bundle.eval()
         self.view = bundle.view
         self.vocab = bundle.vocab
@@ -66,8 +84,7 @@ class GSTPipeline:
         if path_or_preset is None:
             path_or_preset = DEFAULT_MODEL_DIR
         if isinstance(path_or_preset, str) and path_or_preset in BUNDLE_PRESETS:
-            torch.manual_seed(0)  # a preset model is the same random model every time
-            bundle = build_bundle(path_or_preset)
+            bundle = build_bundle(path_or_preset, seed=0)  # the same random model every time
         else:
             bundle = load_bundle(path_or_preset, device=device)
         return cls(bundle, backend=backend, device=device, **options)
@@ -96,11 +113,32 @@ class GSTPipeline:
 
     def _generator(self, seed: int | None) -> torch.Generator:
         gen = torch.Generator(device=self.device)
-        gen.manual_seed(int(seed) if seed is not None else int(torch.seed()))
+        if seed is None:
+            gen.seed()  # fresh entropy for this generator only; the global RNG is not touched
+        else:
+            gen.manual_seed(int(seed))
         return gen
 
-    def _image_codes(self, images: list[np.ndarray]) -> torch.Tensor:
-        return self.runtime.encode_images(to_model_input(images, self.view.image_size))
+    def _generate(self, prompt: torch.Tensor, sampling: SamplingParams, id_range: tuple[int, int],
+                  seed: int | None, draft=None) -> torch.Tensor:
+        """One segment (T tokens, ids in id_range) after prompt [N, P], on this pipeline's back-end."""
+        T = self.vocab.tokens_per_view
+        return generate(self.runtime.decoder(), prompt, T, sampling, generator=self._generator(seed),
+                        segment_ranges=[(T, id_range)], draft=draft, draft_len=self.draft_len)
+
+    def _image_codes(self, images: list[np.ndarray], Ks: list | None = None) -> torch.Tensor:
+        return self.runtime.encode_images(to_model_input(images, self.view.image_size, Ks,
+                                                         self.default_intrinsics()))
+
+    def _real_intrinsics(self, image: np.ndarray, K, name: str) -> np.ndarray | None:
+        """Validated pixel intrinsics of a real image, or None (no K: official centre crop)."""
+        if K is None:
+            return None
+        K = validate_intrinsics(K, name)
+        if not 0 < K[0, 2] < image.shape[1] or not 0 < K[1, 2] < image.shape[0]:
+            raise ValueError(f"{name}'s principal point ({K[0, 2]:.1f}, {K[1, 2]:.1f}) lies outside the "
+                             f"{image.shape[1]}x{image.shape[0]} image: is K for this image size?")
+        return K
 
     def _sampling(self, temperature, top_k, top_p, cfg_scale, greedy) -> SamplingParams:
         return SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale,
@@ -123,9 +161,14 @@ class GSTPipeline:
         K_img = self.default_intrinsics() if K is None else np.asarray(K, dtype=np.float64)
         if K_img.shape != (3, 3) or not np.all(np.isfinite(K_img)) or K_img[0, 0] <= 0 or K_img[1, 1] <= 0:
             raise ValueError(f"K must be a finite 3x3 pinhole matrix with positive focal lengths, got {K_img}")
-        K_ray = K_img.copy()
+        return self._encode_cameras(torch.as_tensor(c2w, dtype=torch.float64)[None],
+                                    torch.as_tensor(self._ray_pixels(K_img)))
+
+    def _ray_pixels(self, K_img: np.ndarray) -> np.ndarray:
+        """Intrinsics in pixels of the model's image -> in pixels of its (smaller) ray map."""
+        K_ray = np.array(K_img, dtype=np.float64, copy=True)
         K_ray[:2] *= self.view.ray_size / self.view.image_size
-        return self._encode_cameras(torch.as_tensor(c2w, dtype=torch.float64)[None], torch.as_tensor(K_ray))
+        return K_ray
 
     def _encode_cameras(self, c2w: torch.Tensor, K_ray: torch.Tensor) -> torch.Tensor:
         """Cameras c2w [N,4,4] with intrinsics K_ray ([3,3] or [N,3,3], ray-map pixels) -> camera token ids [N,T]."""
@@ -137,7 +180,8 @@ class GSTPipeline:
     def estimate_pose(self, image_a: np.ndarray, image_b: np.ndarray, num_samples: int = 16,
                       seed: int | None = 0, temperature: float = 1.0, top_k: int | None = 100,
                       top_p: float = 1.0, cfg_scale: float = 1.0, greedy: bool = False,
-                      selection: str = "likelihood") -> PoseEstimate:
+                      selection: str = "likelihood", K_a: np.ndarray | None = None, K_b: np.ndarray | None = None,
+                      hybrid: bool = False, hybrid_min_inliers: int = HYBRID_MIN_INLIERS) -> PoseEstimate:
         """Pose of camera b in camera a's optical frame, from N sampled camera-token sequences.
 
         Layout (our choice; the release has none): [image a][<EST>][image b] -> 256 camera tokens.
@@ -146,34 +190,77 @@ class GSTPipeline:
                         joint model scores its own pose hypotheses by the view they predict (one more
                         causal pass over N sequences; much more accurate than the consensus, see README);
           "consensus"   the rotation medoid of the samples.
+        K_a, K_b: pixel intrinsics of the two images (any size and aspect; zero skew, undistorted). Each
+          image is then resampled to the model's own square camera (same centre and orientation, see
+          gst_model.image), so the pose is in the real cameras' optical frames; None = the official centre
+          crop, i.e. the image is assumed to have the model's field of view across its short side.
+        hybrid: also run the classical estimate (gst_model.classical: SIFT + essential matrix on the full
+          images); when it has at least `hybrid_min_inliers` RANSAC inliers it joins the samples as one more
+          hypothesis (translation direction from the matches, length the median of the samples') and the
+          likelihood chooses among all. `source` says which won. Needs selection="likelihood" and OpenCV.
         """
         validate_image(image_a, "image_a")
         validate_image(image_b, "image_b")
         n = self._check_samples(num_samples)
         if selection not in POSE_SELECTIONS:
             raise ValueError(f"selection must be one of {POSE_SELECTIONS}, got {selection!r}")
+        if hybrid and selection != "likelihood":
+            raise ValueError("hybrid hypotheses are chosen by the likelihood: use selection='likelihood'")
+        if hybrid and classical.OPENCV_ERROR:
+            raise ValueError(f"hybrid needs the classical estimate: {classical.OPENCV_ERROR}")
+        K_a, K_b = self._real_intrinsics(image_a, K_a, "K_a"), self._real_intrinsics(image_b, K_b, "K_b")
         sampling = self._sampling(temperature, top_k, top_p, cfg_scale, greedy)
-        codes = self._image_codes([image_a, image_b])
+        codes = self._image_codes([image_a, image_b], [K_a, K_b])
         task = torch.full((1, 1), self.vocab.task_token(Task.POSE), dtype=torch.long, device=codes.device)
         prompt = torch.cat([codes[:1], task, codes[1:]], dim=1).expand(n, -1)
         T = self.vocab.tokens_per_view
-        cams = self.runtime.generate(prompt, T, sampling, [(T, self.vocab.camera_range())], self._generator(seed))
+        cams = self._generate(prompt, sampling, self.vocab.camera_range(), seed)
         fit = self._decode_cameras(cams)
         samples = fit.c2w.numpy()
+        hypotheses, K_rays = fit.c2w, fit.K
+        two_view = None
+        if hybrid:
+            two_view = self._classical(image_a, image_b, K_a, K_b, samples, hybrid_min_inliers)
+            if two_view.c2w is not None:
+                K_ray = torch.as_tensor(self._ray_pixels(self.default_intrinsics()))
+                hypotheses = torch.cat([hypotheses, torch.as_tensor(two_view.c2w)[None]])
+                K_rays = torch.cat([K_rays, K_ray[None]])
         log_likelihoods = anchor = None
-        if selection == "likelihood" and n > 1:
-            log_likelihoods = self._view_log_likelihoods(codes[:1], codes[1:], fit)
+        if selection == "likelihood" and len(hypotheses) > 1:
+            log_likelihoods = self._view_log_likelihoods(codes[:1], codes[1:], hypotheses, K_rays)
             anchor = int(np.argmax(log_likelihoods))
-        summary = summarize(samples, inlier_deg=self.inlier_deg, anchor=anchor)
+        source = "classical" if anchor == n else "gst"
+        if source == "classical":
+            summary = summarize(np.concatenate([samples, two_view.c2w[None]]), inlier_deg=self.inlier_deg,
+                                anchor=n)
+            summary.c2w = two_view.c2w  # exact two-view geometry: averaging in coarser samples would blur it
+        else:
+            summary = summarize(samples, inlier_deg=self.inlier_deg, anchor=anchor)
         return PoseEstimate(c2w=summary.c2w, samples=samples, covariance=summary.covariance,
                             consistency=summary.consistency, rotation_spread_deg=summary.rotation_spread_deg,
                             residual=float(fit.residual.mean()), sample_residuals=fit.residual.numpy(),
-                            intrinsics=fit.K.numpy(), sample_log_likelihoods=log_likelihoods)
+                            intrinsics=fit.K.numpy(),
+                            sample_log_likelihoods=None if log_likelihoods is None else log_likelihoods[:n],
+                            source=source, classical=two_view,
+                            classical_log_likelihood=(float(log_likelihoods[n]) if log_likelihoods is not None
+                                                      and len(log_likelihoods) > n else None))
 
-    def _view_log_likelihoods(self, codes_a: torch.Tensor, codes_b: torch.Tensor, fit) -> np.ndarray:
-        """log p(image b | image a, <GEN>, camera) for each fitted camera, re-encoded from its ray map: the
-        score is that of the rigid camera reported, not of the raw sampled tokens."""
-        cameras = self._encode_cameras(fit.c2w, fit.K).to(codes_a.device)
+    def _classical(self, image_a, image_b, K_a, K_b, samples: np.ndarray, min_inliers: int):
+        """The two-view estimate on the full images, its translation scaled to the median sample length."""
+        size, K_model = self.view.image_size, self.default_intrinsics()
+        Ks = [implied_intrinsics(*im.shape[:2], K_model, size) if K is None else K
+              for im, K in ((image_a, K_a), (image_b, K_b))]
+        result = classical.essential_matrix_pose(image_a, image_b, *Ks, min_inliers=min_inliers)
+        if result.c2w is not None:
+            result.c2w[:3, 3] *= float(np.median(np.linalg.norm(samples[:, :3, 3], axis=1)))
+        return result
+
+    def _view_log_likelihoods(self, codes_a: torch.Tensor, codes_b: torch.Tensor, c2w: torch.Tensor,
+                              K_ray: torch.Tensor) -> np.ndarray:
+        """log p(image b | image a, <GEN>, camera) for each camera c2w [N,4,4] with intrinsics K_ray [N,3,3]
+        (ray-map pixels), re-encoded from its ray map: the score is that of the rigid camera reported, not of
+        the raw sampled tokens."""
+        cameras = self._encode_cameras(c2w, K_ray).to(codes_a.device)
         n = cameras.shape[0]
         task = torch.full((n, 1), self.vocab.task_token(Task.VIEW), dtype=torch.long, device=codes_a.device)
         sequences = torch.cat([codes_a.expand(n, -1), task, cameras, codes_b.expand(n, -1)], dim=1)
@@ -181,20 +268,29 @@ class GSTPipeline:
 
     def predict_view(self, image: np.ndarray, c2w_rel: np.ndarray, num_samples: int = 1, seed: int | None = 0,
                      K: np.ndarray | None = None, temperature: float = 1.0, top_k: int | None = 100,
-                     top_p: float = 1.0, cfg_scale: float = 1.0, greedy: bool = False) -> list[np.ndarray]:
+                     top_p: float = 1.0, cfg_scale: float = 1.0, greedy: bool = False,
+                     K_image: np.ndarray | None = None, output_K: np.ndarray | None = None,
+                     output_size: tuple[int, int] | None = None) -> list[np.ndarray]:
         """Images a camera at `c2w_rel` (in the observation's optical frame) would see.
 
         `K`: intrinsics of the wanted view in pixels of the model's square output (default: the
-        checkpoint's field of view). Returns `num_samples` HxWx3 uint8 images of the model's size.
+        checkpoint's field of view). Returns `num_samples` HxWx3 uint8 images of the model's size, or:
+        `K_image`: pixel intrinsics of `image` (any size and aspect): the observation is resampled to the
+          model's camera first (as in estimate_pose), so c2w_rel is in the real camera's optical frame;
+        `output_K`, `output_size` (width, height; default: the observation's size): the views as that
+          camera at c2w_rel sees them, resampled from the model's view; where the model's field of view does
+          not cover the camera's, pixels are black.
         Layout (official): [observation][<GEN>][camera tokens] -> 256 image tokens.
         """
         n = self._check_samples(num_samples)
         sampling = self._sampling(temperature, top_k, top_p, cfg_scale, greedy)
-        return to_uint8(self._sample_views(image, c2w_rel, n, seed, K, sampling))
+        views = to_uint8(self._sample_views(image, c2w_rel, n, seed, K, sampling, K_image))
+        return [self._to_output_camera(v, K, output_K, output_size, image) for v in views]
 
     def expected_view(self, image: np.ndarray, c2w_rel: np.ndarray, num_samples: int = 8, seed: int | None = 0,
                       K: np.ndarray | None = None, temperature: float = 1.0, top_k: int | None = 100,
-                      top_p: float = 1.0, cfg_scale: float = 1.0) -> np.ndarray:
+                      top_p: float = 1.0, cfg_scale: float = 1.0, K_image: np.ndarray | None = None,
+                      output_K: np.ndarray | None = None, output_size: tuple[int, int] | None = None) -> np.ndarray:
         """One HxWx3 uint8 image: the pixel mean of `num_samples` sampled views (arguments as predict_view).
 
         The mean is the least-squares estimate of the view: sharp where the samples agree, blurred where the
@@ -203,31 +299,43 @@ class GSTPipeline:
         """
         n = self._check_samples(num_samples)
         sampling = self._sampling(temperature, top_k, top_p, cfg_scale, False)
-        views = self._sample_views(image, c2w_rel, n, seed, K, sampling).clamp(-1, 1)  # the images predict_view gives
-        return to_uint8(views.mean(0, keepdim=True))[0]
+        # the images predict_view gives, averaged on the model's grid (resampling is linear: same mean)
+        views = self._sample_views(image, c2w_rel, n, seed, K, sampling, K_image).clamp(-1, 1)
+        return self._to_output_camera(to_uint8(views.mean(0, keepdim=True))[0], K, output_K, output_size, image)
 
-    def _sample_views(self, image, c2w_rel, n: int, seed, K, sampling: SamplingParams) -> torch.Tensor:
+    def _to_output_camera(self, view: np.ndarray, K_view, output_K, output_size, image: np.ndarray) -> np.ndarray:
+        """A view of the model's camera (K_view in its pixels, None = default) as the output camera sees it."""
+        if output_K is None:
+            if output_size is not None:
+                raise ValueError("output_size needs output_K (the intrinsics at that size)")
+            return view
+        width, height = (image.shape[1], image.shape[0]) if output_size is None else output_size
+        K_view = self.default_intrinsics() if K_view is None else K_view
+        return resample_to_camera(view, K_view, output_K, int(width), int(height))
+
+    def _sample_views(self, image, c2w_rel, n: int, seed, K, sampling: SamplingParams, K_image=None) -> torch.Tensor:
         """Validated inputs -> n decoded views [n, 3, S, S] in [-1, 1]."""
         validate_image(image, "image")
         c2w = np.asarray(c2w_rel, dtype=np.float64)
         geometry.validate_rigid(torch.as_tensor(c2w))
-        obs = self._image_codes([image])
+        obs = self._image_codes([image], [self._real_intrinsics(image, K_image, "K_image")])
         task = torch.full((1, 1), self.vocab.task_token(Task.VIEW), dtype=torch.long, device=obs.device)
         prompt = torch.cat([obs, task, self._camera_codes(c2w, K).to(obs.device)], dim=1).expand(n, -1)
         T = self.vocab.tokens_per_view
-        tokens = self.runtime.generate(prompt, T, sampling, [(T, self.vocab.image_range())], self._generator(seed))
+        tokens = self._generate(prompt, sampling, self.vocab.image_range(), seed)
         return self.runtime.decode_images(tokens.clamp(0, self.vocab.image_codes - 1))
 
     def sample_cameras(self, image: np.ndarray, num_samples: int = 8, seed: int | None = 0,
                        temperature: float = 1.0, top_k: int | None = 100, top_p: float = 1.0,
-                       cfg_scale: float = 1.0) -> np.ndarray:
-        """(N,4,4) cameras the model finds plausible as a next view: [observation][<GEN>] -> camera."""
+                       cfg_scale: float = 1.0, K: np.ndarray | None = None) -> np.ndarray:
+        """(N,4,4) cameras the model finds plausible as a next view: [observation][<GEN>] -> camera.
+        `K`: pixel intrinsics of `image` (resampled to the model's camera, as in estimate_pose)."""
         validate_image(image, "image")
         n = self._check_samples(num_samples)
         sampling = self._sampling(temperature, top_k, top_p, cfg_scale, False)
-        obs = self._image_codes([image])
+        obs = self._image_codes([image], [self._real_intrinsics(image, K, "K")])
         task = torch.full((1, 1), self.vocab.task_token(Task.VIEW), dtype=torch.long, device=obs.device)
         prompt = torch.cat([obs, task], dim=1).expand(n, -1)
         T = self.vocab.tokens_per_view
-        cams = self.runtime.generate(prompt, T, sampling, [(T, self.vocab.camera_range())], self._generator(seed))
+        cams = self._generate(prompt, sampling, self.vocab.camera_range(), seed)
         return self._decode_cameras(cams).c2w.numpy()

@@ -118,9 +118,10 @@ def build_rope_table(
 
 
 def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    """x: [B, T, H, D]; rope: [T, D/2, 2]. Rotates adjacent pairs (2k, 2k+1) in float32."""
+    """x: [B, T, H, D]; rope: [T, D/2, 2] (positions shared by the batch) or [B, T, D/2, 2] (per row).
+    Rotates adjacent pairs (2k, 2k+1) in float32."""
     xp = x.float().reshape(*x.shape[:-1], -1, 2)
-    rope = rope.view(1, xp.size(1), 1, xp.size(3), 2)
+    rope = (rope if rope.dim() == 4 else rope[None]).unsqueeze(2)  # [1 or B, T, 1, D/2, 2]
     a, b = xp[..., 0], xp[..., 1]
     cos, sin = rope[..., 0], rope[..., 1]
     out = torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1)
@@ -141,7 +142,10 @@ class RMSNorm(nn.Module):
 
 
 class KVCache(nn.Module):
-    """Preallocated keys/values [B, H, S, D], written in place at absolute positions."""
+    """Preallocated keys/values [B, H, S, D], written in place at absolute positions (the official cache).
+
+    Used for prefills: every row has its own prompt, all rows are at the same positions.
+    """
 
     def __init__(self, max_batch_size: int, max_seq_length: int, n_head: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device | str | None = None):
@@ -153,56 +157,96 @@ class KVCache(nn.Module):
         self.register_buffer("filled", torch.zeros(max_seq_length, dtype=torch.bool, device=device),
                              persistent=False)
 
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """input_pos [T]; k, v [B, H, T, D]. Returns the cache views for this batch: [B, H, S, D]."""
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """q, k, v [B, H, T, D] of tokens at input_pos [T]: write k, v, attend to every filled slot at or
+        before each token's position -> [B, H, T, D]."""
         b = k.shape[0]
         self.k_cache[:b, :, input_pos] = k
         self.v_cache[:b, :, input_pos] = v
         self.filled[input_pos] = True
-        return self.k_cache[:b], self.v_cache[:b]
+        slots = torch.arange(self.k_cache.shape[2], device=q.device)
+        mask = (slots[None, :] <= input_pos[:, None]) & self.filled[None, :]  # [T, S]
+        return F.scaled_dot_product_attention(q, self.k_cache[:b], self.v_cache[:b], attn_mask=mask)
 
 
-class SharedPromptKVCache(nn.Module):
-    """Decode-time cache for rows that continue the same prompts (N hypotheses of one query).
+def _by_prompt(x: torch.Tensor, prompts: int) -> torch.Tensor:
+    """[B, H, K, E] of B rows, B/prompts rows per prompt -> [G, H, (B/G)*K, E]: a prompt's rows as one matrix."""
+    _, h, _, e = x.shape
+    return x.reshape(prompts, -1, h, x.shape[2], e).transpose(1, 2).reshape(prompts, h, -1, e)
 
-    The prompts' keys/values are kept once, [G, H, P, D], and row r of the batch continues prompt
-    r // copies. Each step the `copies` queries of a prompt read its keys in one matmul, so N
-    hypotheses read the prompt once per step instead of N times; only generated tokens have
-    per-row entries. Shapes stay the same every step (the generated slots not written yet are
-    masked, the write position is a tensor), so a compiled decode step is traced once.
+
+def _by_row(x: torch.Tensor, rows: int, block: int) -> torch.Tensor:
+    """Inverse of _by_prompt: [G, H, (B/G)*K, E] -> [B, H, K, E]."""
+    g, h, _, e = x.shape
+    return x.reshape(g, h, -1, block, e).transpose(1, 2).reshape(rows, h, block, e)
+
+
+def attend_block(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor,
+                 prompt_k: torch.Tensor | None, prompt_v: torch.Tensor | None,
+                 past_k: torch.Tensor, past_v: torch.Tensor, past_start: int | torch.Tensor) -> torch.Tensor:
+    """Attention of a block of K new tokens per row over shared prompts, each row's own past and the block.
+
+    q, k, v [B, H, K, D]: the block's tokens, at positions input_pos [B, K] (increasing along each row; rows may
+    stand at different positions). prompt_k, prompt_v [G, H, P, D] or None: G prompts seen in full by every
+    query; row b continues prompt b // (B/G), so the B/G rows of a prompt read its keys in one matmul.
+    past_k, past_v [B, H, S, D]: per-row entries, slot s holding position past_start + s; a query sees the
+    slots before its row's block (later slots are stale or unwritten) and the block's tokens at or before its
+    own position. One softmax over all of it (float32) -> [B, H, K, D].
+
+    This is the one definition of decode-time attention: the torch cache calls it and then writes the block,
+    the exported ONNX graphs trace it with the caches as inputs and return the block's keys and values.
+    """
+    b, heads, block, d = q.shape
+    scale = d ** -0.5
+    slots = torch.arange(past_k.shape[2], device=q.device)
+    past_hidden = (slots + past_start)[None, None, None, :] >= input_pos[:, None, :1, None]  # [B, 1, 1, S]
+    block_hidden = input_pos[:, None, None, :] > input_pos[:, None, :, None]  # [B, 1, K, K]
+    s_rows = torch.cat([torch.matmul(q, past_k.transpose(-1, -2)).masked_fill(past_hidden, float("-inf")),
+                        torch.matmul(q, k.transpose(-1, -2)).masked_fill(block_hidden, float("-inf"))], dim=-1)
+    if prompt_k is None:
+        p = (s_rows * scale).float().softmax(dim=-1).to(q.dtype)
+        p_rows, y = p, 0
+    else:
+        g, plen = prompt_k.shape[0], prompt_k.shape[2]
+        s_prompt = torch.matmul(_by_prompt(q, g), prompt_k.transpose(-1, -2))  # [G, H, (B/G)*K, P]
+        p = (torch.cat([s_prompt, _by_prompt(s_rows, g)], dim=-1) * scale).float().softmax(dim=-1).to(q.dtype)
+        y = _by_row(torch.matmul(p[..., :plen], prompt_v), b, block)
+        p_rows = _by_row(p[..., plen:], b, block)
+    n_past = past_k.shape[2]
+    return y + torch.matmul(p_rows[..., :n_past], past_v) + torch.matmul(p_rows[..., n_past:], v)
+
+
+class BlockKVCache(nn.Module):
+    """Decode-time cache for rows that continue shared prompts (N hypotheses of one query).
+
+    The prompts' keys/values are kept once, [G, H, P, D]; each of the B = G * copies rows has slots for the
+    tokens it generates. A step feeds K tokens per row (K = 1: plain decoding; K > 1: a speculative block
+    to verify) at per-row positions; their keys/values are written after attending (`attend_block`), so
+    slots of rejected tokens are simply overwritten by the row's next block. Shapes stay the same from step
+    to step (the write position is a tensor), so a compiled decode step is traced once per block size.
     """
 
-    def __init__(self, prompt_k: torch.Tensor, prompt_v: torch.Tensor, copies: int, max_new_tokens: int,
-                 prompt_start: int):
+    def __init__(self, prompt_k: torch.Tensor, prompt_v: torch.Tensor, copies: int, slots: int, prompt_start: int):
         super().__init__()
         g, h, plen, d = prompt_k.shape
-        self.copies = copies
         self.first_generated_pos = prompt_start + plen
         self.register_buffer("prompt_k", prompt_k.contiguous(), persistent=False)
         self.register_buffer("prompt_v", prompt_v.contiguous(), persistent=False)
-        shape = (g * copies, h, max_new_tokens, d)
+        shape = (g * copies, h, slots, d)
         self.register_buffer("k_cache", prompt_k.new_zeros(shape), persistent=False)
         self.register_buffer("v_cache", prompt_k.new_zeros(shape), persistent=False)
-        self.register_buffer("slots", torch.arange(max_new_tokens, device=prompt_k.device), persistent=False)
 
-    def attend(self, input_pos: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """input_pos [1]; q, k, v [B, H, 1, D] of each row's newest token -> attention output [B, H, 1, D]."""
-        b, h, t, d = q.shape
-        if t != 1:
-            raise ValueError(f"SharedPromptKVCache decodes one token per row at a time, got {t}")
-        slot = input_pos - self.first_generated_pos
-        self.k_cache.index_copy_(2, slot, k)
-        self.v_cache.index_copy_(2, slot, v)
-        g, plen, scale = self.prompt_k.shape[0], self.prompt_k.shape[2], d ** -0.5
-        by_prompt = q.reshape(g, self.copies, h, d).transpose(1, 2)  # [G, H, copies, D]
-        s_prompt = torch.matmul(by_prompt, self.prompt_k.transpose(-1, -2)) * scale  # [G, H, copies, P]
-        s_new = torch.matmul(q, self.k_cache.transpose(-1, -2)) * scale  # [B, H, 1, max_new_tokens]
-        s_new = s_new.masked_fill(self.slots > slot, float("-inf"))  # not generated yet
-        s_new = s_new.reshape(g, self.copies, h, -1).transpose(1, 2)
-        p = torch.cat([s_prompt, s_new], dim=-1).float().softmax(dim=-1).to(q.dtype)
-        y = torch.matmul(p[..., :plen], self.prompt_v).transpose(1, 2).reshape(b, h, 1, d)
-        p_new = p[..., plen:].transpose(1, 2).reshape(b, h, 1, -1)
-        return y + torch.matmul(p_new, self.v_cache)
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """q, k, v [B, H, K, D] at input_pos [B, K] (or [K] for all rows) -> [B, H, K, D]."""
+        b, h, block, d = k.shape
+        input_pos = input_pos.expand(b, block)
+        slot = input_pos - self.first_generated_pos  # scatter_ refuses slots outside the cache
+        y = attend_block(q, k, v, input_pos, self.prompt_k, self.prompt_v, self.k_cache, self.v_cache,
+                         self.first_generated_pos)
+        index = slot[:, None, :, None].expand(b, h, block, d)
+        self.k_cache.scatter_(2, index, k)
+        self.v_cache.scatter_(2, index, v)
+        return y
 
 
 class Attention(nn.Module):
@@ -220,10 +264,11 @@ class Attention(nn.Module):
             self.k_norm = nn.LayerNorm(config.head_dim)
         self.attn_dropout_p = config.attn_dropout_p
         self.resid_dropout = nn.Dropout(config.resid_dropout_p)
-        self.kv_cache: KVCache | SharedPromptKVCache | None = None
+        # Anything with attend(q, k, v, input_pos): KVCache, BlockKVCache, or an export graph's cache inputs.
+        self.kv_cache = None
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, input_pos: torch.Tensor | None,
-                mask: torch.Tensor | None, use_cache: bool = False) -> torch.Tensor:
+                use_cache: bool = False) -> torch.Tensor:
         bsz, seqlen, _ = x.shape
         q, k, v = self.wqkv(x).view(bsz, seqlen, 3, self.n_head, self.head_dim).unbind(2)
         if self.qk_norm:
@@ -231,17 +276,11 @@ class Attention(nn.Module):
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, D]
 
-        if use_cache and isinstance(self.kv_cache, SharedPromptKVCache):
-            y = self.kv_cache.attend(input_pos, q, k, v)
+        if use_cache:
+            y = self.kv_cache.attend(q, k, v, input_pos)
         else:
-            if use_cache:  # attend over every filled slot up to each position
-                k, v = self.kv_cache.update(input_pos, k, v)
-            y = F.scaled_dot_product_attention(
-                q, k, v,
-                attn_mask=mask,
-                is_causal=mask is None,
-                dropout_p=self.attn_dropout_p if self.training else 0.0,
-            )
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                               dropout_p=self.attn_dropout_p if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(bsz, seqlen, self.dim)
         return self.resid_dropout(self.wo(y))
 
@@ -266,8 +305,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(config.dim, config.norm_eps)
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
 
-    def forward(self, x, rope, input_pos, mask, use_cache=False):
-        h = x + self.attention(self.attention_norm(x), rope, input_pos, mask, use_cache)
+    def forward(self, x, rope, input_pos, use_cache=False):
+        h = x + self.attention(self.attention_norm(x), rope, input_pos, use_cache)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -322,14 +361,14 @@ class Transformer(nn.Module):
                                                self.config.head_dim, dtype or weight.dtype, weight.device)
 
     def share_prompt_cache(self, prompt_slots: slice, copies: int, max_new_tokens: int):
-        """Switch every layer from the prefill cache to a SharedPromptKVCache for decoding.
+        """Switch every layer from the prefill cache to a BlockKVCache for decoding.
 
         The prefill cache's rows are the distinct prompts, its `prompt_slots` their tokens; decode
         row r continues prompt row r // copies (so CFG's [cond..., uncond...] halves stay in order).
         """
         for layer in self.layers:
             cache = layer.attention.kv_cache
-            layer.attention.kv_cache = SharedPromptKVCache(
+            layer.attention.kv_cache = BlockKVCache(
                 cache.k_cache[:, :, prompt_slots], cache.v_cache[:, :, prompt_slots], copies, max_new_tokens,
                 prompt_slots.start)
 
@@ -341,9 +380,9 @@ class Transformer(nn.Module):
                 use_cache: bool = False, last: int | None = None) -> torch.Tensor:
         """tokens [B, T] -> float32 logits [B, T, V]; logits at t predict token t + 1.
 
-        input_pos [T] holds the absolute positions (RoPE rows) of the tokens; None means 0..T-1.
-        With use_cache the keys/values are written to the KV cache at input_pos and each token
-        attends to every filled cache slot at or before its own position.
+        input_pos [T] (or [B, T]: rows at different positions, for the decode cache) holds the absolute
+        positions (RoPE rows) of the tokens; None means 0..T-1. With use_cache each layer's cache
+        (`setup_caches`, `share_prompt_cache`) stores the keys/values and does the attention.
         `last`: logits of the last `last` positions only, [B, last, V] (the output head is the largest
         matrix at the official vocabulary size; scoring a segment needs no other rows).
         """
@@ -352,23 +391,13 @@ class Transformer(nn.Module):
             if use_cache:
                 raise ValueError("use_cache needs explicit input_pos")
             input_pos = torch.arange(seqlen, device=tokens.device)
-
-        mask = None
-        if use_cache:
-            cache = self.layers[0].attention.kv_cache
-            if cache is None:
-                raise RuntimeError("call setup_caches() before forward(use_cache=True)")
-            if isinstance(cache, KVCache):
-                slots = torch.arange(cache.k_cache.shape[2], device=tokens.device)
-                # Slots being written now count as filled; the cache's flag updates inside the layer.
-                filled = cache.filled.clone()
-                filled[input_pos] = True
-                mask = (slots[None, :] <= input_pos[:, None]) & filled[None, :]  # [T, S]
+        if use_cache and self.layers[0].attention.kv_cache is None:
+            raise RuntimeError("call setup_caches() before forward(use_cache=True)")
 
         rope = self.freqs_cis[input_pos]
         h = self.tok_dropout(self.tok_embeddings(tokens))
         for layer in self.layers:
-            h = layer(h, rope, input_pos, mask, use_cache)
+            h = layer(h, rope, input_pos, use_cache)
         if last is not None:
             h = h[:, -last:]
         return self.output(self.norm(h)).float()

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from gst_model import export
+from gst_model import manifest as manifest_api
 from gst_model.checkpoint import build_bundle, save_bundle
-from gst_model.runtime import SamplingParams
+from gst_model.generate import SamplingParams, generate
+from gst_model.runtime.graph import GraphDecoder
 from gst_model.runtime.ort_runtime import OrtRuntime
 from gst_model.runtime.torch_runtime import TorchRuntime
 from gst_model.runtime.trt_runtime import (
@@ -59,13 +61,13 @@ def _images(n, size, channels=3, seed=0):
 
 # ------------------------------------------------------------------ manifest and files
 def test_manifest_lists_checked_graphs_sharing_weights(bundle, model_dir):
-    manifest = export.load_manifest(model_dir, verify=True)
+    manifest = manifest_api.load_manifest(model_dir, verify=True)
     graphs = manifest["graphs"]
     T = bundle.transformer.config.grid_size ** 2
     assert set(graphs) == {"image_encoder", "image_decoder", "camera_encoder", "camera_decoder", "prefill",
-                           "decode", f"prefill_p{T + 1}_static", f"prefill_p{2 * T + 1}_static", "decode_static",
+                           "decode", f"prefill_p{T + 1}_static", f"prefill_p{2 * T + 1}_static", "decode_static", "verify_static",
                            "score", "score_static"}
-    assert manifest["model_sha256"] == export.bundle_digest(bundle)
+    assert manifest["model_sha256"] == manifest_api.bundle_digest(bundle)
     assert manifest["config"]["transformer"]["n_layer"] == bundle.transformer.config.n_layer
     assert "dynamo=False" in manifest["exporter"]
     for name, g in graphs.items():
@@ -81,7 +83,7 @@ def test_manifest_lists_checked_graphs_sharing_weights(bundle, model_dir):
     params = sum(p.numel() for p in bundle.transformer.parameters()) * 4
     assert 0.98 * params <= manifest["file_bytes"]["transformer.weights"] < 1.3 * params  # norms stay inline
     decode = {s["name"]: s for s in graphs["decode"]["inputs"]}
-    assert decode["gen_k_0"]["shape"][0] == "batch" and decode["token"]["dtype"] == "int64"
+    assert decode["gen_k_0"]["shape"][0] == "batch" and decode["tokens"]["dtype"] == "int64"
     assert decode["prompt_k_0"]["shape"][0] == "prompts"  # the prompt cache is passed once, not per row
     static = {s["name"]: s for s in graphs["decode_static"]["inputs"]}
     assert static["cache_k_0"]["shape"][0] == STATIC_BATCH
@@ -97,10 +99,10 @@ def test_manifest_hash_detects_tampering(model_dir, tmp_path):
         f.seek(100)
         f.write(bytes([byte[0] ^ 1]))
     with pytest.raises(ValueError, match="transformer.weights does not match its sha256"):
-        export.load_manifest(copy)
+        manifest_api.load_manifest(copy)
     (copy / "transformer.weights").unlink()
     with pytest.raises(ValueError, match="missing"):
-        export.load_manifest(copy)
+        manifest_api.load_manifest(copy)
 
 
 # ------------------------------------------------------------------ numeric parity
@@ -114,52 +116,45 @@ def test_tokenizer_graphs_match_torch(bundle, ort, torch_rt):
     assert (ort.decode_rays(ray_codes) - torch_rt.decode_rays(ray_codes)).abs().max() < 1e-4
 
 
-def test_prefill_and_cached_decode_logits_match_torch(bundle, model_dir):
-    """Static graphs: one full cache per row."""
-    rt = OrtRuntime(bundle, model_dir=model_dir, static=True, threads=1, verify=False)
-    model = bundle.transformer
-    T = model.config.grid_size ** 2
-    P, steps, B = 2 * T + 1, 5, 3
-    tokens = torch.randint(0, model.config.vocab_size, (B, P + steps), generator=torch.Generator().manual_seed(2))
-    model.setup_caches(B, P + steps)
-    try:
-        with torch.inference_mode():
-            ref = model(tokens[:, :P], torch.arange(P), use_cache=True)[:, -1]
-        logits, kv = rt.prefill(tokens[:, :P], torch.arange(P))
-        assert (logits - ref).abs().max() < 1e-4
-        cache = [torch.zeros(STATIC_BATCH, t.shape[1], rt.manifest["cache_slots"], t.shape[3]) for t in kv]
-        for c, t in zip(cache, kv):
-            c[:B, :, :P] = t
-        for pos in range(P, P + steps):
-            with torch.inference_mode():
-                ref = model(tokens[:, pos:pos + 1], torch.tensor([pos]), use_cache=True)[:, -1]
-            logits, new = rt.decode(tokens[:, pos:pos + 1], pos, cache)
-            for c, n in zip(cache, new):
-                c[:, :, pos] = n[:, :, 0]
-            assert (logits[:B] - ref).abs().max() < 1e-4
-    finally:
-        model.clear_caches()
+def _decoders(bundle, model_dir):
+    return {"torch": TorchRuntime(bundle).decoder(),
+            "ort": OrtRuntime(bundle, model_dir=model_dir, threads=1, verify=False).decoder(),
+            "ort-static": OrtRuntime(bundle, model_dir=model_dir, static=True, threads=1, verify=False).decoder()}
 
 
-def test_shared_prompt_decode_logits_match_torch(bundle, model_dir):
-    """Dynamic graph: 2 prompts x 3 rows each decode different tokens over the shared prompt cache."""
-    rt = OrtRuntime(bundle, model_dir=model_dir, threads=1, verify=False)
+@pytest.mark.parametrize("which", ["torch", "ort", "ort-static"])
+def test_block_decoding_matches_the_full_forward(bundle, model_dir, which):
+    """2 prompts x 2 rows: plain steps, then speculative blocks of 3 whose rows keep different numbers of
+    tokens (the rest is overwritten by the next block), each row's logits equal to a full forward pass over its
+    own sequence. Static graphs run blocks of their exported draft length."""
+    decoder = _decoders(bundle, model_dir)[which]
     model = bundle.transformer
     T = model.config.grid_size ** 2
-    P, steps, copies = 2 * T + 1, 5, 3
+    P, copies = 2 * T + 1, 2
+    k = 3 if which != "ort-static" else decoder.rt.manifest["static_draft_len"]
     g = torch.Generator().manual_seed(2)
     prompts = torch.randint(0, model.config.vocab_size, (2, P), generator=g)
-    new_tokens = torch.randint(0, model.config.vocab_size, (2 * copies, steps), generator=g)
     rows = prompts.repeat_interleave(copies, dim=0)
-    _, kv = rt.prefill(prompts, torch.arange(P))
-    generated = [torch.zeros(2 * copies, t.shape[1], steps, t.shape[3]) for t in kv]
-    for i in range(steps):
-        logits, new = rt.decode_shared(new_tokens[:, i:i + 1], P + i, kv, generated)
-        for c, n in zip(generated, new):
-            c[:, :, i] = n[:, :, 0]
-        with torch.inference_mode():
-            ref = model(torch.cat([rows, new_tokens[:, :i + 1]], dim=1))[:, -1]
-        assert (logits - ref).abs().max() < 1e-4
+    stream = torch.randint(0, model.config.vocab_size, (4, 40), generator=g)  # each row's candidate tokens
+
+    with torch.inference_mode():
+        ref = model(prompts)[:, -1]
+    logits = decoder.prefill(prompts, 0, copies, slots=T)
+    assert (logits - ref).abs().max() < 1e-4
+    accepted = [0] * 4  # tokens of each row whose keys/values are final
+    keep = [[0, 0, 0, 0], [0, 2, 1, 0], [1, 0, 2, 0]]  # tokens kept after each speculative block
+    steps = [1, 1] + [k] * len(keep)
+    for i, block in enumerate(steps):
+        fed = torch.stack([stream[r, accepted[r]: accepted[r] + block] for r in range(4)])
+        pos = torch.stack([torch.arange(P + accepted[r], P + accepted[r] + block) for r in range(4)])
+        got = decoder.decode(fed, pos)
+        for r in range(4):
+            with torch.inference_mode():
+                full = model(torch.cat([rows[r], stream[r, :accepted[r] + block]])[None])[0, -block:]
+            assert (got[r] - full).abs().max() < 1e-4, (which, i, r)
+        kept = keep[i - 2] if i >= 2 else [0] * 4
+        accepted = [a + 1 + kept[r] if block > 1 else a + 1 for r, a in enumerate(accepted)]
+    decoder.close()
 
 
 def test_score_graphs_match_torch(bundle, model_dir, ort, torch_rt):
@@ -191,14 +186,26 @@ def _prompts(bundle, torch_rt):
                                       SamplingParams(top_k=50, top_p=0.9, cfg_scale=1.5)],
                          ids=["greedy", "greedy-cfg", "seeded-sampling-cfg"])
 def test_generation_matches_torch_for_both_layouts(bundle, ort, torch_rt, sampling, monkeypatch):
-    monkeypatch.setattr(ort, "GROW_SLOTS", 5)  # the per-row caches grow several times, by an odd block
+    monkeypatch.setattr(GraphDecoder, "GROW_SLOTS", 5)  # the per-row caches grow several times, by an odd block
+    T = bundle.vocab.tokens_per_view
     for prompt, ranges in _prompts(bundle, torch_rt):
-        T = bundle.vocab.tokens_per_view
-        ref = torch_rt.generate(prompt, T, sampling, ranges, torch.Generator().manual_seed(7))
-        got = ort.generate(prompt, T, sampling, ranges, torch.Generator().manual_seed(7))
-        lo, hi = ranges[0][1]
-        assert torch.equal(got, ref)
-        assert ((ref >= lo) & (ref < hi)).all()
+        for draft in (None, _noisy_drafter(torch_rt, prompt, ranges)):
+            ref = generate(torch_rt.decoder(), prompt, T, sampling, segment_ranges=ranges, draft=draft, draft_len=3,
+                           generator=torch.Generator().manual_seed(7))
+            got = generate(ort.decoder(), prompt, T, sampling, segment_ranges=ranges, draft=draft, draft_len=3,
+                           generator=torch.Generator().manual_seed(7))
+            lo, hi = ranges[0][1]
+            assert torch.equal(got, ref)
+            assert ((ref >= lo) & (ref < hi)).all()
+
+
+def _noisy_drafter(torch_rt, prompt, ranges):
+    """Drafts the greedy continuation with every third token replaced: some blocks are accepted, some not."""
+    T = ranges[0][0]
+    greedy = generate(torch_rt.decoder(), prompt, T, SamplingParams(greedy=True), segment_ranges=ranges)
+    noisy = greedy.clone()
+    noisy[:, ::3] = ranges[0][1][0] + (noisy[:, ::3] - ranges[0][1][0] + 1) % (ranges[0][1][1] - ranges[0][1][0])
+    return lambda tokens, lengths: noisy
 
 
 def test_static_graphs_generate_like_torch_and_reject_oversized_batches(bundle, model_dir, torch_rt):
@@ -206,21 +213,26 @@ def test_static_graphs_generate_like_torch_and_reject_oversized_batches(bundle, 
     prompt, ranges = _prompts(bundle, torch_rt)[0]
     T = bundle.vocab.tokens_per_view
     sampling = SamplingParams(greedy=True)
-    ref = torch_rt.generate(prompt, T, sampling, ranges, None)
-    assert torch.equal(rt.generate(prompt, T, sampling, ranges, None), ref)
+    ref = generate(torch_rt.decoder(), prompt, T, sampling, segment_ranges=ranges)
+    assert torch.equal(generate(rt.decoder(), prompt, T, sampling, segment_ranges=ranges), ref)
+    k = rt.manifest["static_draft_len"]
+    draft = _noisy_drafter(torch_rt, prompt, ranges)
+    assert torch.equal(generate(rt.decoder(), prompt, T, sampling, segment_ranges=ranges, draft=draft, draft_len=k), ref)
+    with pytest.raises(ValueError, match="verify blocks of"):
+        generate(rt.decoder(), prompt, T, sampling, segment_ranges=ranges, draft=draft, draft_len=k + 1)
     with pytest.raises(ValueError, match="exceeds the static batch"):
-        rt.generate(prompt[:1].expand(STATIC_BATCH + 1, -1), 4, sampling, ranges[:0], None)
+        generate(rt.decoder(), prompt[:1].expand(STATIC_BATCH + 1, -1).clone(), 4, sampling)
     with pytest.raises(ValueError, match="no static prefill graph for prompt length"):
-        rt.generate(prompt[:, :5], 4, sampling, [], None)
+        generate(rt.decoder(), prompt[:, :5], 4, sampling)
 
 
 def test_export_cache_is_keyed_by_model_content(bundle, model_dir, tmp_path, monkeypatch):
-    from gst_model.runtime import ort_runtime
+    from gst_model import manifest as ort_runtime
 
-    cached = tmp_path / f"{export.bundle_digest(bundle)[:32]}-b{STATIC_BATCH}"
+    cached = tmp_path / f"{ort_runtime.bundle_digest(bundle)[:32]}-b{STATIC_BATCH}"
     shutil.copytree(model_dir, cached)
     calls = []
-    monkeypatch.setattr(ort_runtime, "export_bundle", lambda b, path, static_batch: calls.append(path))
+    monkeypatch.setattr(export, "export_bundle", lambda b, path, static_batch: calls.append(path))
     rt = OrtRuntime(bundle, cache_root=tmp_path, static_batch=STATIC_BATCH, threads=1)
     assert rt.model_dir == cached and calls == []  # found by content hash, not re-exported
     manifest = json.loads((cached / "manifest.json").read_text())
@@ -313,12 +325,12 @@ def test_tensorrt_generation_matches_torch(bundle, model_dir, torch_rt, tmp_path
     rt = TensorRTRuntime(bundle, model_dir=model_dir, engine_dir=tmp_path, static_batch=STATIC_BATCH)
     prompt, ranges = _prompts(bundle, torch_rt)[0]
     T = bundle.vocab.tokens_per_view
-    got = rt.generate(prompt, T, SamplingParams(greedy=True), ranges, None)
-    ref = torch_rt.generate(prompt, T, SamplingParams(greedy=True), ranges, None)
+    got = generate(rt.decoder(), prompt, T, SamplingParams(greedy=True), segment_ranges=ranges)
+    ref = generate(torch_rt.decoder(), prompt, T, SamplingParams(greedy=True), segment_ranges=ranges)
     # FP16 engines: a near-tie may flip a token, so agreement rather than identity is asserted.
     assert (got == ref).float().mean() > 0.9
     again = TensorRTRuntime(bundle, model_dir=model_dir, engine_dir=tmp_path, static_batch=STATIC_BATCH)
-    again.generate(prompt, 2, SamplingParams(greedy=True), [], None)
+    generate(again.decoder(), prompt, 2, SamplingParams(greedy=True))
     assert again.rebuilt == {}  # loaded from the engine cache
     assert math.isfinite(float(rt.decode_images(got[:1] % bundle.vocab.image_codes).abs().max()))
     seqs = torch.cat([prompt, got], dim=1)  # [obs, <EST>, target, camera]: scores the camera segment

@@ -1,8 +1,9 @@
 """TensorRT back-end: FP16 engines built from the static ONNX graphs of `gst_model.export`.
 
 UNVERIFIED: TensorRT and a CUDA GPU were not available where this was written; only the engine-cache
-logic (pure functions below) is tested. The generation loop is the one the ONNX Runtime back-end
-runs and tests on the same static graphs (`OrtRuntime(static=True)`).
+logic (pure functions below) is tested. The generation loop (`GraphDecoder`, including speculative blocks
+through `verify_static`) is the one the ONNX Runtime back-end runs and tests on the same static graphs
+(`OrtRuntime(static=True)`).
 
 Engine cache: <engine_dir>/<graph>.engine with <graph>.key.json beside it. The key holds the
 TensorRT version, the GPU name, the ONNX graph's and weights' sha256 (from the manifest), the
@@ -18,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from gst_model.export import load_manifest
-from gst_model.runtime.ort_runtime import GraphRuntime, default_cache_root, ensure_export
+from gst_model.manifest import default_cache_root, ensure_export, load_manifest
+from gst_model.runtime.graph import GraphRuntime
 
 KEY_VERSION = 1
 
