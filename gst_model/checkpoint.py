@@ -97,8 +97,16 @@ def check_consistency(transformer_cfg: GSTConfig, image_cfg: VQConfig, camera_cf
         raise ValueError("inconsistent GST model configuration: " + "; ".join(problems))
 
 
-def build_bundle(preset: str, **transformer_overrides) -> ModelBundle:
-    """A randomly initialised bundle from a named preset (for tests, training from scratch)."""
+def build_bundle(preset: str, seed: int | None = None, **transformer_overrides) -> ModelBundle:
+    """A randomly initialised bundle from a named preset (for tests, training from scratch).
+
+    seed: initialise from this seed on a forked CPU generator, so every call gives the same weights and the
+    process's global RNG is left as it was; None draws from the global RNG (as any torch module does).
+    """
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            return build_bundle(preset, **transformer_overrides)
     if preset not in BUNDLE_PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; known: {sorted(BUNDLE_PRESETS)}")
     spec = BUNDLE_PRESETS[preset]
