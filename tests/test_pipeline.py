@@ -79,6 +79,24 @@ def test_seeds_are_reproducible(pipe, images):
     assert not np.array_equal(a, c)
 
 
+def test_library_calls_leave_the_global_rng_alone(images):
+    """A script that evaluates or trains in the same process keeps its random stream: building a preset model
+    and sampling with seed=None use private generators, not torch's global one."""
+    torch.manual_seed(1234)
+    state = torch.get_rng_state()
+    pipe = GSTPipeline.from_pretrained("tiny")
+    draws = [pipe.estimate_pose(*images, num_samples=2, seed=None).samples for _ in range(2)]
+    pipe.predict_view(images[0], np.eye(4), num_samples=1, seed=None)
+    pipe.sample_cameras(images[0], num_samples=1, seed=None)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert not np.array_equal(*draws)  # seed=None still samples afresh on every call
+    # the preset's weights do not depend on the global RNG's state either
+    torch.manual_seed(99)
+    again = GSTPipeline.from_pretrained("tiny").bundle.transformer.state_dict()
+    for name, value in pipe.bundle.transformer.state_dict().items():
+        assert torch.equal(again[name], value), name
+
+
 def test_predict_view_and_sample_cameras(pipe, images):
     views = pipe.predict_view(images[0], np.eye(4), num_samples=2, seed=0)
     assert len(views) == 2 and all(v.shape == (64, 64, 3) and v.dtype == np.uint8 for v in views)
