@@ -90,11 +90,12 @@ def read_7scenes_sequence(seq_dir: Path, K: np.ndarray | None = None, scene_name
         raise FileNotFoundError(f"no frame-XXXXXX.pose.txt files in {seq_dir}")
     views = []
     for frame, pose_path in poses:
+        c2w = read_7scenes_pose(pose_path)
         image = _color_image(pose_path)
         size = image_size(image)
         if size != SEVEN_SCENES_SIZE:
             raise ValueError(f"{image}: 7-Scenes colour frames are 640x480, got {size[1]}x{size[0]}")
-        views.append(View(image, read_7scenes_pose(pose_path), K.copy(), size,
+        views.append(View(image, c2w, K.copy(), size,
                           {"frame": frame, "sequence": seq_dir.name}))
     name = f"{scene_name}/{seq_dir.name}" if scene_name else seq_dir.name
     return Scene(name, views, "7scenes")
