@@ -30,7 +30,7 @@ conformance: setup
 	$(PY) -m gst_model.conformance ../shared/reference/official_golden.npz
 
 demo: setup
-	$(PY) -m gst_ros.demo --out demo_output
+	$(PY) -m gst_ros.tools.demo --out demo_output
 
 bench: setup
 	$(PY) -m gst_model.bench --presets default,GPT-B --out bench/results.md

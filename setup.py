@@ -25,8 +25,8 @@ setup(
     install_requires=[],
     entry_points={
         "console_scripts": [
-            "gst-localize = gst_ros.localize_node:main",
-            "gst-view-predictor = gst_ros.view_predictor_node:main",
+            "gst-localize = gst_ros.run:localize_main",
+            "gst-view-predictor = gst_ros.run:view_predictor_main",
             "gst-ros-run = gst_ros.run:main",
         ],
     },

@@ -1,63 +1,25 @@
-"""Node plumbing shared by localize and view_predictor: parameters, QoS, model loading, diagnostics.
+"""Node plumbing shared by localize and view_predictor: declaring parameters, QoS, model loading, diagnostics.
 
-Parameters are declared from `ParamSpec` tables with descriptors (description, range, allowed values)
-and validated in an on-set callback that gives a reason. `configure_only` parameters (model, backend,
-device, QoS) are read in on_configure; changing them on a configured node is refused with a reason
-(cleanup the node first) rather than silently ignored.
+Parameters are declared from the `gst_ros.params` tables with descriptors (description, range, allowed
+values) and validated in an on-set callback that gives a reason. `configure_only` parameters (model,
+backend, device, QoS) are read in on_configure; changing them on a configured node is refused with a
+reason (cleanup the node first) rather than silently ignored.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-INT32_MAX = 2**31 - 1
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    name: str
-    default: object
-    description: str
-    lo: float | None = None  # inclusive range (numbers)
-    hi: float | None = None
-    choices: tuple = ()  # allowed values (strings)
-    configure_only: bool = False
-
-
-MODEL_PARAMS = (
-    ParamSpec("model_path", "", "GST checkpoint directory or preset name ('' = the shipped default "
-              "model, gst_model/weights/default; 'tiny' = random-weight test preset)", configure_only=True),
-    ParamSpec("backend", "torch", "inference back-end", choices=("torch", "onnxruntime", "tensorrt"),
-              configure_only=True),
-    ParamSpec("device", "cpu", "torch device for the model, e.g. cpu, cuda, cuda:1", configure_only=True),
-    ParamSpec("compile", False, "torch backend: compile the transformer with torch.compile (about 2x faster "
-              "sampling on CPU; configure then takes ~1-2 min, compiling for the node's num_samples; other "
-              "sample counts compile on their first request)", configure_only=True),
-    ParamSpec("temperature", 1.0, "sampling temperature (> 0)", 0.01, 10.0),
-    ParamSpec("top_k", 100, "top-k sampling filter (0 = no limit)", 0, 1 << 20),
-    ParamSpec("top_p", 1.0, "nucleus sampling filter", 0.01, 1.0),
-    ParamSpec("cfg_scale", 1.0, "classifier-free guidance scale (1 = none)", 0.0, 100.0),
-    ParamSpec("seed", -1, "sampling seed (-1 = random every call)", -1, INT32_MAX),
-    ParamSpec("max_samples", 32, "largest num_samples a request may ask for", 1, 256),
-    ParamSpec("max_image_pixels", 4096 * 4096, "larger input images are rejected (width*height)",
-              1, 1 << 30),
-    ParamSpec("qos_reliability", "best_effort", "reliability of the image subscription(s) "
-              "(best_effort = sensor-data QoS)", choices=("best_effort", "reliable"), configure_only=True),
-    ParamSpec("qos_depth", 1, "history depth of the image subscription(s)", 1, 1000, configure_only=True),
-    ParamSpec("use_camera_info", True, "subscribe to camera_info for the camera's intrinsics",
-              configure_only=True),
-)
+from gst_ros import params
 
 
 def declare(node, specs) -> None:
     """Declare every spec with its descriptor; on-set validation is registered first so overrides
     from the command line or YAML are validated too (a bad one raises at declaration)."""
     by_name = {s.name: s for s in specs}
-    node.add_on_set_parameters_callback(lambda params: _validate(node, by_name, params))
+    node.add_on_set_parameters_callback(lambda changed: _validate(node, by_name, changed))
     for s in specs:
         desc = ParameterDescriptor(name=s.name, description=s.description)
         if s.choices:
@@ -71,8 +33,8 @@ def declare(node, specs) -> None:
         node.declare_parameter(s.name, s.default, desc)
 
 
-def _validate(node, by_name, params) -> SetParametersResult:
-    for p in params:
+def _validate(node, by_name, changed) -> SetParametersResult:
+    for p in changed:
         s = by_name.get(p.name)
         if s is None:
             continue
@@ -80,10 +42,9 @@ def _validate(node, by_name, params) -> SetParametersResult:
         if s.configure_only and getattr(node, "configured", False):
             return SetParametersResult(successful=False, reason=(
                 f"{p.name} is read at configure; deactivate and clean up the node before changing it"))
-        if s.choices and v not in s.choices:
-            return SetParametersResult(successful=False, reason=f"{p.name}={v!r}: must be one of {list(s.choices)}")
-        if s.lo is not None and not (s.lo <= v <= s.hi):  # NaN fails this too
-            return SetParametersResult(successful=False, reason=f"{p.name}={v!r}: must be in [{s.lo}, {s.hi}]")
+        reason = params.check(s, v)
+        if reason:
+            return SetParametersResult(successful=False, reason=reason)
     return SetParametersResult(successful=True)
 
 
@@ -109,22 +70,18 @@ def min_period_s(node) -> float:
 
 
 def load_pipeline(node):
-    """GSTPipeline for the node's model parameters; raises with the cause on a missing/corrupt model."""
-    from gst_model.pipeline import GSTPipeline  # torch import: only where a model is really loaded
+    """GSTPipeline for the node's model parameters; raises with the cause on a missing/corrupt model or a
+    preset name without random_weights."""
+    from gst_model.pipeline import GSTPipeline
 
-    path = param(node, "model_path") or None
-    return GSTPipeline.from_pretrained(path, backend=param(node, "backend"), device=param(node, "device"),
+    source = params.model_source(param(node, "model_path"), param(node, "random_weights"))
+    return GSTPipeline.from_pretrained(source, backend=param(node, "backend"), device=param(node, "device"),
                                        compile=param(node, "compile"))
 
 
 def sampling_kwargs(node, seed: int | None = None, **overrides) -> dict:
-    """Pipeline sampling arguments from the parameters; an override of None keeps the parameter."""
-    kw = {"temperature": param(node, "temperature"), "top_k": param(node, "top_k") or None,
-          "top_p": param(node, "top_p"), "cfg_scale": param(node, "cfg_scale")}
-    kw.update({k: v for k, v in overrides.items() if v is not None})
-    s = param(node, "seed") if seed is None else seed
-    kw["seed"] = None if s < 0 else int(s)
-    return kw
+    """Pipeline sampling arguments from the node's parameters (gst_ros.params.sampling_kwargs)."""
+    return params.sampling_kwargs(lambda name: param(node, name), seed=seed, **overrides)
 
 
 def check_num_samples(node, requested: int, default: int) -> int:

@@ -48,27 +48,32 @@ def _cv_bridge():
 _BRIDGE = _cv_bridge()
 
 
-def check_image_msg(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
-    """Validate an Image's encoding and layout without touching pixels; return its channel count."""
+def check_image_msg(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 1) -> int:
+    """Validate an Image's size, encoding and layout without touching pixels; return its channel count.
+
+    min_side: smallest accepted short side (gst_model.image.min_input_side of the model's input size).
+    """
     enc = msg.encoding
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h == 0 or w == 0:
+        raise ValueError(f"empty image: {w}x{h}, encoding {enc!r}, {len(msg.data)} data bytes")
     if enc not in ENCODINGS:
         raise ValueError(f"unsupported image encoding {enc!r}; supported: {', '.join(ENCODINGS)}")
     channels = ENCODINGS[enc][0]
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    if h == 0 or w == 0:
-        raise ValueError(f"empty image: {w}x{h}")
+    if min(h, w) < min_side:
+        raise ValueError(f"image too small: {w}x{h}, the model needs a short side of at least {min_side} px")
     if h * w > max_pixels:
         raise ValueError(f"image too large: {w}x{h} = {h * w} pixels > max_image_pixels={max_pixels}")
     if step < w * channels:
         raise ValueError(f"step {step} < width*channels = {w}*{channels} for {enc}")
-    if len(msg.data) < step * h:
+    if len(msg.data) != step * h:  # shorter: truncated; longer: a layout the header does not describe
         raise ValueError(f"image data has {len(msg.data)} bytes, expected step*height = {step}*{h} = {step * h}")
     return channels
 
 
-def image_to_numpy(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def image_to_numpy(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 1) -> np.ndarray:
     """sensor_msgs/Image -> HxWx3 RGB (or HxWx4 RGBA) uint8, a copy independent of the message."""
-    channels = check_image_msg(msg, max_pixels)
+    channels = check_image_msg(msg, max_pixels, min_side)
     h, w = int(msg.height), int(msg.width)
     if _BRIDGE is not None:
         want = "rgba8" if channels == 4 else "rgb8"

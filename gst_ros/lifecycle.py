@@ -5,23 +5,32 @@ pauses it, cleanup (and shutdown) stop the worker, destroy what configure create
 Every node has the same image and camera_info inputs, a 1 Hz /diagnostics report and one
 LatestWorker; a subclass adds its own job:
   _configure()        its state and entities, as (destroy function, entity) pairs
+  _on_frame(msg)      what it does with an image whose header passed the checks (executor thread)
   _process(item)      what the worker does with a submitted item
   _on_camera_info()   what it makes of camera_info
   _diagnostics()      its DiagnosticArray (built from _snapshot())
   _warm_up_shapes()   the GSTPipeline.warm_up arguments for its work (compile: true)
+
+Services are created with `_create_service`: a request is refused with a reason while the node is not
+active or is shutting down, and `idle_s()` tells the runner's shutdown when the request queues are empty,
+so every queued caller gets an answer (success=false, "node is shutting down") before the node goes.
+Errors are counted on /diagnostics and logged throttled per kind (worker.ErrorThrottle).
 """
 from __future__ import annotations
 
 import threading
+import time
 
 from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 
-from gst_ros import common
+from gst_model.image import min_input_side
+from gst_ros import common, conversions as conv, params
 from gst_ros.common import param
-from gst_ros.worker import LatestWorker, Stats
+from gst_ros.worker import ErrorThrottle, LatestWorker, Stats
 
 
 class GstNode(LifecycleNode):
@@ -34,7 +43,12 @@ class GstNode(LifecycleNode):
         self._pipeline = None
         self._worker = None
         self._active = False
+        self._shutting_down = False
         self._entities = []
+        self._throttle = ErrorThrottle(period_s=5.0)
+        self._service_lock = threading.Lock()
+        self._serving = 0  # service callbacks running now
+        self._last_served = 0.0  # monotonic time the last one ended
 
     # ----------------------------------------------------------------------------- lifecycle
     def on_configure(self, state) -> TransitionCallbackReturn:
@@ -49,7 +63,9 @@ class GstNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self._stats = Stats()
         self._reported_errors = 0
-        self._latest = None  # latest Image message
+        self._latest = None  # latest Image message whose header passed the checks
+        self._lost = 0  # frames the middleware reported lost (message_lost events)
+        self._min_side = min_input_side(self._pipeline.view.image_size)
         # the subclass first, so its state exists before any callback below can run;
         # (destroy function, entity) pairs so cleanup can undo configure exactly
         self._entities = self._configure()
@@ -57,8 +73,9 @@ class GstNode(LifecycleNode):
         diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._entities += [
             (self.destroy_publisher, diag_pub),
-            (self.destroy_subscription, self.create_subscription(Image, "image", self._on_image,
-                                                                 common.image_qos(self))),
+            (self.destroy_subscription, self.create_subscription(
+                Image, "image", self._on_image, common.image_qos(self), event_callbacks=SubscriptionEventCallbacks(
+                    incompatible_qos=self._on_incompatible_qos, message_lost=self._on_message_lost))),
             (self.destroy_timer, self.create_timer(1.0, lambda: diag_pub.publish(self._diagnostics()))),
         ]
         if param(self, "use_camera_info"):
@@ -66,13 +83,14 @@ class GstNode(LifecycleNode):
                                   durability=DurabilityPolicy.VOLATILE)
             self._entities.append((self.destroy_subscription, self.create_subscription(
                 CameraInfo, "camera_info", self._on_camera_info, info_qos)))
-        self._worker = LatestWorker(self._process, self._worker_name, lambda: common.min_period_s(self))
+        self._worker = LatestWorker(self._process, self._worker_name, lambda: common.min_period_s(self),
+                                    on_error=lambda exc: self._error(f"{self._worker_name}: {type(exc).__name__}: {exc}"))
         self.configured = True
         self.get_logger().info(self._configured_message())
         return TransitionCallbackReturn.SUCCESS
 
     def _configured_message(self) -> str:
-        return (f"configured: model {param(self, 'model_path') or 'default'} on "
+        return (f"configured: model {params.model_label(param(self, 'model_path'))} on "
                 f"{param(self, 'backend')}/{param(self, 'device')}")
 
     def on_activate(self, state) -> TransitionCallbackReturn:
@@ -92,6 +110,17 @@ class GstNode(LifecycleNode):
         self.release()
         return TransitionCallbackReturn.SUCCESS
 
+    def begin_shutdown(self) -> None:
+        """From now on refuse every request and frame (the runner then spins until idle_s() says the
+        queued requests are answered)."""
+        self._shutting_down = True
+        self._active = False
+
+    def idle_s(self) -> float:
+        """Seconds since the last service callback ended; 0 while one runs."""
+        with self._service_lock:
+            return 0.0 if self._serving else time.monotonic() - self._last_served
+
     def release(self) -> None:
         """Stop the worker, destroy what configure created and drop the model (idempotent)."""
         if self._worker is not None:
@@ -103,20 +132,70 @@ class GstNode(LifecycleNode):
         self._pipeline = None
         self.configured = False
 
+    # ----------------------------------------------------------------------------- services
+    def _create_service(self, srv_type, name: str, callback, **kwargs):
+        """A service whose requests are refused with a reason while the node is inactive or shutting down."""
+        def serve(request, response):
+            with self._service_lock:
+                self._serving += 1
+            try:
+                why = self._unavailable()
+                if why:
+                    response.success, response.message = False, why
+                    return response
+                return callback(request, response)
+            finally:
+                with self._service_lock:
+                    self._serving -= 1
+                    self._last_served = time.monotonic()
+        return self.create_service(srv_type, name, serve, **kwargs)
+
+    def _unavailable(self) -> str:
+        if self._shutting_down:
+            return "node is shutting down"
+        if not self._active:
+            return "node is not active"
+        return ""
+
     # ------------------------------------------------------------------------------ inputs
     def _on_image(self, msg: Image) -> None:
-        # executor thread: no conversion, no model; the message is converted where it is used
+        # executor thread: only the header is checked here (no conversion, no copy of the pixels), so a bad
+        # frame is refused before anything keeps it; the model and the conversion run where it is used
         self._stats.count_received()
+        try:
+            conv.check_image_msg(msg, param(self, "max_image_pixels"), self._min_side)
+        except ValueError as exc:
+            self._error(f"dropped image: {exc}")
+            return
         self._latest = msg
+        self._on_frame(msg)
+
+    def _on_frame(self, msg: Image) -> None:
+        pass
+
+    def _to_rgb(self, msg: Image):
+        """An Image (topic or request) as RGB(A) uint8 under the node's size limits; ValueError if bad."""
+        return conv.image_to_numpy(msg, param(self, "max_image_pixels"), self._min_side)
+
+    def _on_incompatible_qos(self, info) -> None:
+        self._error(f"an image publisher on {self.resolve_topic_name('image')} offers a QoS incompatible with "
+                    f"qos_reliability={param(self, 'qos_reliability')} (policy id {info.last_policy_kind}): no "
+                    "frames arrive from it; set qos_reliability to match the publisher (best_effort receives any)")
+
+    def _on_message_lost(self, info) -> None:
+        self._lost = int(info.total_count)
 
     def _error(self, message: str) -> None:
         self._stats.record_error(message)
-        self.get_logger().warning(message, throttle_duration_sec=5.0)
+        text = self._throttle(message)
+        if text is not None:
+            self.get_logger().warning(text)
 
     # -------------------------------------------------------------------------- diagnostics
     def _snapshot(self) -> dict:
         """Stats snapshot; new_errors says whether errors came since the last report (level ERROR)."""
         snap = self._stats.snapshot()
         snap["new_errors"] = snap["errors"] > self._reported_errors
+        snap["lost_frames"] = self._lost
         self._reported_errors = snap["errors"]
         return snap

@@ -1,16 +1,20 @@
-"""Start gst_ros nodes in one process from the YAML: the documented runner where `ros2 launch` is missing.
+"""Start gst_ros nodes from the YAML: every way of starting a node goes through here.
 
     python -m gst_ros.run [--params config/gst_ros.yaml] [--remap image:=/cam/image ...]
-                          [--param model_path:=tiny ...] [--nodes localize,view_predictor]
+                          [--param model_path:=DIR ...] [--nodes localize,view_predictor]
                           [--namespace /robot] [--ros-args ...]
 
-The same node classes and the same YAML as launch/localize.launch.py; `ros2 run gst_ros localize`
-(and the gst-localize / gst-view-predictor console scripts) go through `run_nodes` too. --params and
---remap become ordinary ROS arguments (--params-file, -r), so rcl applies the YAML (including its
-`/**` section) and the remaps exactly as `ros2 run` would; --param values are explicit overrides
-that win over the YAML. Nodes are configured and activated here when their `autostart` parameter is
-true. A MultiThreadedExecutor runs everything; SIGINT/SIGTERM end the
-spin loop (our own handlers set a stop flag), after which workers are stopped and nodes destroyed.
+`ros2 run gst_ros localize` / `view_predictor` (scripts/), the launch file's nodes (one process each)
+and the gst-localize / gst-view-predictor console scripts call `localize_main` / `view_predictor_main`:
+this runner with one node and, as always, config/gst_ros.yaml, so the YAML is the one place for
+defaults however a node is started. --params and --remap become ordinary ROS arguments
+(--params-file, -r), so rcl applies the YAML (including its `/**` section) and the remaps exactly as
+`ros2 run` would; parameter files and remaps given after --ros-args come later and win; --param values
+are explicit overrides that win over every file. Nodes are configured and activated here when their
+`autostart` parameter is true. A MultiThreadedExecutor runs everything; SIGINT/SIGTERM end the spin
+loop (our own handlers set a stop flag). Then every node refuses new work, the executor keeps spinning
+until each queued service request has its answer ("node is shutting down") and the running ones have
+finished (at most DRAIN_TIMEOUT_S), and only then are workers stopped and nodes destroyed.
 
 Exit status: 0 after a clean shutdown, 1 if a node fails to configure (e.g. missing model),
 2 on bad command-line arguments or parameter overrides.
@@ -21,6 +25,7 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import rclpy
@@ -32,7 +37,12 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 
+from gst_ros.localize_node import LocalizeNode
+from gst_ros.view_predictor_node import ViewPredictorNode
+
 EXECUTOR_THREADS = 4  # image callbacks, diagnostics, and one model callback group per node
+DRAIN_TIMEOUT_S = 30.0  # at shutdown: the request being served finishes, queued ones are refused
+DRAIN_QUIET_S = 0.5  # no request taken for this long while spinning: the queues are empty
 
 
 def default_params_file() -> Path | None:
@@ -85,20 +95,30 @@ def run_nodes(node_classes, argv: list[str], overrides: list[Parameter] = ()) ->
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if executor is not None:
+            drain(executor, nodes, context)
+            executor.shutdown(timeout_sec=DRAIN_TIMEOUT_S)
         for node in nodes:
             node.release()
-        if executor is not None:
-            executor.shutdown()
         for node in nodes:
             node.destroy_node()
         context.try_shutdown()
     return 0
 
 
-def node_classes(names: list[str]):
-    from gst_ros.localize_node import LocalizeNode
-    from gst_ros.view_predictor_node import ViewPredictorNode
+def drain(executor, nodes, context, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+    """Spin until every queued request is answered and none runs: the nodes refuse new work from now on,
+    so each waiting caller gets success=false and a reason instead of no answer."""
+    for node in nodes:
+        node.begin_shutdown()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and context.ok():
+        executor.spin_once(timeout_sec=0.05)
+        if min((node.idle_s() for node in nodes), default=DRAIN_QUIET_S) >= DRAIN_QUIET_S:
+            return
 
+
+def node_classes(names: list[str]):
     known = {"localize": LocalizeNode, "view_predictor": ViewPredictorNode}
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -147,6 +167,18 @@ def main(argv: list[str] | None = None) -> int:
     # the user's own --ros-args after ours, so they win
     overrides = [parse_override(p) for p in opts.param]
     return run_nodes(classes, argv[:1] + build_ros_args(opts) + argv[split + 1:], overrides)
+
+
+def localize_main(argv: list[str] | None = None) -> int:
+    """`ros2 run gst_ros localize`, the launch file's localize, gst-localize: this runner, one node."""
+    argv = list(sys.argv if argv is None else argv)
+    return main(argv[:1] + ["--nodes", "localize"] + argv[1:])
+
+
+def view_predictor_main(argv: list[str] | None = None) -> int:
+    """`ros2 run gst_ros view_predictor`, the launch file's view_predictor, gst-view-predictor."""
+    argv = list(sys.argv if argv is None else argv)
+    return main(argv[:1] + ["--nodes", "view_predictor"] + argv[1:])
 
 
 if __name__ == "__main__":

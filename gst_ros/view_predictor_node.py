@@ -1,7 +1,7 @@
 """`view_predictor`: what the camera would see from another pose, as a service and as topics.
 
 Lifecycle as in localize_node (gst_ros.lifecycle.GstNode; configure loads the model; `autostart` drives
-it without a manager).
+it without a manager; gst_ros.run starts it: `ros2 run gst_ros view_predictor`, `gst-view-predictor`).
 
 Subscribes  image (sensor_msgs/Image): the latest observation; camera_info (optional): intrinsics
             ~/query_pose (geometry_msgs/PoseStamped): target pose in the observation's optical frame
@@ -19,7 +19,6 @@ otherwise the model's default field of view.
 from __future__ import annotations
 
 import math
-import sys
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray
@@ -29,21 +28,12 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from gst_model.image import crop_resize_intrinsics
-from gst_ros import common, conversions as conv
-from gst_ros.common import ParamSpec, param
+from gst_ros import common, conversions as conv, params
+from gst_ros.common import param
 from gst_ros.lifecycle import GstNode
 from gst_ros.srv import PredictView
 
-PARAMS = common.MODEL_PARAMS + (
-    ParamSpec("num_samples", 1, "images sampled per request when the request says 0", 1, 256),
-    ParamSpec("prediction", "samples", "samples: one image per sample; mean: one image, the pixel mean of the "
-              "samples (least-squares view estimate: higher PSNR, blurred where the model is unsure)",
-              choices=("samples", "mean")),
-    ParamSpec("target_frame", "gst_target_optical", "frame_id of predicted images (the target camera)"),
-    ParamSpec("max_rate_hz", 0.0, "cap on ~/query_pose predictions per second (0 = no cap)", 0.0, 1000.0),
-    ParamSpec("autostart", True, "configure and activate at start-up (no lifecycle manager needed)",
-              configure_only=True),
-)
+PARAMS = params.VIEW_PREDICTOR_PARAMS
 
 
 class ViewPredictorNode(GstNode):
@@ -61,8 +51,8 @@ class ViewPredictorNode(GstNode):
         return [
             (self.destroy_lifecycle_publisher, self._image_pub),
             (self.destroy_subscription, self.create_subscription(PoseStamped, "~/query_pose", self._on_query, 10)),
-            (self.destroy_service, self.create_service(PredictView, "~/predict_view", self._on_predict_view,
-                                                       callback_group=model_group, qos_profile=common.SERVICE_QOS)),
+            (self.destroy_service, self._create_service(PredictView, "~/predict_view", self._on_predict_view,
+                                                        callback_group=model_group, qos_profile=common.SERVICE_QOS)),
         ]
 
     # ------------------------------------------------------------------------------ inputs
@@ -84,7 +74,7 @@ class ViewPredictorNode(GstNode):
     def _predict(self, image_msg: Image, target, num_samples: int, seed: int | None = None, **sampling):
         """Validated inputs -> list of predicted images (HxWx3 uint8; one, the mean, with prediction=mean);
         ValueError on a bad input."""
-        rgb = conv.image_to_numpy(image_msg, param(self, "max_image_pixels"))
+        rgb = self._to_rgb(image_msg)
         c2w = conv.pose_to_matrix(target, "target_pose")
         K = self._intrinsics(image_msg)
         kwargs = dict(num_samples=num_samples, K=K, **common.sampling_kwargs(self, seed=seed, **sampling))
@@ -115,8 +105,6 @@ class ViewPredictorNode(GstNode):
     def _on_predict_view(self, request: PredictView.Request, response: PredictView.Response):
         started = time.monotonic()
         try:
-            if not self._active:
-                raise ValueError("node is not active")
             image_msg = self._latest if request.use_latest_frame else request.observation
             if image_msg is None:
                 raise ValueError(self._no_image())
@@ -148,13 +136,3 @@ class ViewPredictorNode(GstNode):
         extra = {"dropped_queries": self._worker.dropped if self._worker else 0,
                  "camera_info": "yes" if self._camera_info is not None else "no"}
         return common.diagnostics(self, "view prediction", snap, extra, warn)
-
-
-def main(args=None) -> int:
-    from gst_ros.run import run_nodes
-
-    return run_nodes([ViewPredictorNode], args if args is not None else sys.argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,5 @@
-"""Threading and bookkeeping shared by the nodes: a latest-item worker and running statistics.
+"""Threading and bookkeeping shared by the nodes: a latest-item worker, running statistics and a
+per-kind log throttle.
 
 The executor thread only drops items into a one-slot mailbox (`LatestWorker.submit`); one worker
 thread takes the newest item, so a slow model never backs up a queue and the latency of what gets
@@ -7,16 +8,22 @@ processed stays bounded by one processing time (plus the rate cap).
 from __future__ import annotations
 
 import collections
+import re
 import threading
 import time
 from typing import Callable
 
 
 class LatestWorker:
-    """One thread running `handle(item)` on the newest submitted item; older unprocessed ones drop."""
+    """One thread running `handle(item)` on the newest submitted item; older unprocessed ones drop.
 
-    def __init__(self, handle: Callable[[object], None], name: str, min_period_s: Callable[[], float] = lambda: 0.0):
+    An exception from `handle` goes to `on_error` and the thread goes on with the next item.
+    """
+
+    def __init__(self, handle: Callable[[object], None], name: str, min_period_s: Callable[[], float] = lambda: 0.0,
+                 on_error: Callable[[Exception], None] = lambda exc: None):
         self._handle = handle
+        self._on_error = on_error
         self._min_period_s = min_period_s  # read every cycle so a parameter change applies at once
         self._cond = threading.Condition()
         self._item = None
@@ -49,7 +56,10 @@ class LatestWorker:
                     return
                 item, self._item = self._item, None
             started = time.monotonic()
-            self._handle(item)  # handle() reports its own errors; a raise here would kill the thread
+            try:
+                self._handle(item)
+            except Exception as exc:  # the thread must outlive any one item
+                self._on_error(exc)
             next_start = started + self._min_period_s()
 
 
@@ -93,3 +103,38 @@ class Stats:
                 "received": self.received, "processed": self.processed,
                 "errors": self.errors, "last_error": self.last_error,
             }
+
+
+class ErrorThrottle:
+    """Which error messages reach the log: the first of each kind at once, then at most one per kind every
+    `period_s`, saying how many like it were not logged in between.
+
+    The kind is the message with its numbers and quoted values masked, so 'image too large: 8000x6000'
+    and 'image too large: 9000x9000' are one kind and 'empty image' is another: one flood of bad frames
+    cannot hide a different error.
+    """
+
+    _VARIABLE = re.compile(r"'[^']*'|\"[^\"]*\"|[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+
+    def __init__(self, period_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
+        self._period_s = period_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._kinds: dict[str, list] = {}  # kind -> [time logged, suppressed since]
+
+    def kind(self, message: str) -> str:
+        return self._VARIABLE.sub("#", message)
+
+    def __call__(self, message: str) -> str | None:
+        """The text to log for `message` now, or None to leave it out of the log."""
+        kind, now = self.kind(message), self._clock()
+        with self._lock:
+            entry = self._kinds.get(kind)
+            if entry is not None and now - entry[0] < self._period_s:
+                entry[1] += 1
+                return None
+            suppressed = entry[1] if entry is not None else 0
+            self._kinds[kind] = [now, 0]
+        if suppressed:
+            return f"{message} ({suppressed} more like this since the last one logged)"
+        return message

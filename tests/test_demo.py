@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_short_demo_writes_report(tmp_path):
     env = dict(os.environ, ROS_DOMAIN_ID=str(random.randint(101, 200)), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
                OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "gst_ros.demo", "--model", "tiny", "--frames", "4", "--queries", "1",
+    proc = subprocess.run([sys.executable, "-m", "gst_ros.tools.demo", "--model", "tiny", "--frames", "4", "--queries", "1",
                            "--rate", "2", "--param", "num_samples:=2", "--out", str(tmp_path)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -33,6 +33,6 @@ def test_short_demo_writes_report(tmp_path):
 
 
 def test_demo_refuses_a_missing_model(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "gst_ros.demo", "--model", str(tmp_path / "none"), "--out",
+    proc = subprocess.run([sys.executable, "-m", "gst_ros.tools.demo", "--model", str(tmp_path / "none"), "--out",
                            str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "not found" in proc.stderr

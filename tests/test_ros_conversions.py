@@ -303,7 +303,8 @@ def test_compile_warms_up_at_configure_with_the_nodes_sample_count(ros_context, 
     calls = []
     monkeypatch.setattr(GSTPipeline, "warm_up", lambda self, **shapes: calls.append(shapes) or 0.0)
     overrides = [Parameter(n, value=v) for n, v in
-                 (("model_path", "tiny"), ("compile", True), ("autostart", False), ("num_samples", 3))]
+                 (("model_path", "tiny"), ("random_weights", True), ("compile", True), ("autostart", False),
+                  ("num_samples", 3))]
     node = {"localize": LocalizeNode, "view_predictor": ViewPredictorNode}[node_name](
         context=ros_context, parameter_overrides=overrides)
     try:

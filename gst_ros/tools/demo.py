@@ -1,13 +1,13 @@
 """`make demo`: the whole mission on a held-out synthetic scene, over real ROS 2, with a report.
 
-    python -m gst_ros.demo [--model DIR|preset] [--frames 24] [--rate 1.0] [--queries 3] [--out demo_output]
+    python -m gst_ros.tools.demo [--model DIR|preset] [--frames 24] [--rate 1.0] [--queries 3] [--out demo_output]
 
 1. A camera source (this process) renders a smooth trajectory through a scene of the synthetic test
    split (never seen in training) and publishes sensor_msgs/Image + CameraInfo; the ground-truth
    poses stay here.
-2. The localize and view_predictor nodes run in a separate process, started exactly as the launch
-   file starts them on a machine without `ros2 launch`: `python -m gst_ros.run` with
-   config/gst_ros.yaml and the image/camera_info remaps.
+2. The localize and view_predictor nodes run in a process each, as the launch file starts them, on a
+   machine without `ros2 launch`: `python -m gst_ros.run --nodes <node>` with config/gst_ros.yaml and
+   the image/camera_info remaps (what `ros2 run gst_ros <node>` runs).
 3. A planner-like client here sets the first frame as reference, listens to /tf and
    /localize/estimate, and calls /view_predictor/predict_view for a few query poses.
 4. demo_output/ gets report.md and PNG figures; a short summary is printed.
@@ -44,7 +44,7 @@ from gst_model.geometry import rotation_angle_deg
 from gst_model.metrics import translation_direction_errors_deg
 from gst_model.pose_samples import rotation_log
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 IMAGE_TOPIC, INFO_TOPIC = "/demo/camera/image_raw", "/demo/camera/camera_info"
 # The default build's recipe: its synthetic-data settings regenerate a test-split scene exactly when the
 # model's metadata does not record its own (preset models).
@@ -119,17 +119,23 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse)
 
 
-def start_nodes(model: str, env: dict, extra_params: list[str]) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "gst_ros.run", "--params", str(REPO / "config" / "gst_ros.yaml"),
-           "--remap", f"image:={IMAGE_TOPIC}", "--remap", f"camera_info:={INFO_TOPIC}",
-           "--param", f"model_path:={model}"]
+NODES = ("localize", "view_predictor")
+
+
+def start_nodes(model: str, env: dict, extra_params: list[str]) -> list[subprocess.Popen]:
+    """One process per node, as the launch file runs them."""
+    common = ["--params", str(REPO / "config" / "gst_ros.yaml"), "--remap", f"image:={IMAGE_TOPIC}",
+              "--remap", f"camera_info:={INFO_TOPIC}", "--param", f"model_path:={model}"]
+    if model in BUNDLE_PRESETS and not Path(model).is_dir():
+        common += ["--param", "random_weights:=true"]
     for p in extra_params:
-        cmd += ["--param", p]
-    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+        common += ["--param", p]
+    return [subprocess.Popen([sys.executable, "-m", "gst_ros.run", "--nodes", node, *common], env=env, cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            for node in NODES]
 
 
-def stop_process(proc: subprocess.Popen, log_lines: list[str]) -> None:
+def stop_process(proc: subprocess.Popen) -> None:
     # SIGINT waits for an estimate in progress to finish, which can take a while on a loaded machine
     for sig, wait in ((signal.SIGINT, 60), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
         if proc.poll() is not None:
@@ -359,7 +365,8 @@ def write_report(out: Path, scene: DemoScene, s: dict, published: int, args, inf
         "# gst_ros demo", "",
         f"Model: `{args.model}`. Held-out synthetic test scene #{scene.index}, {len(scene.frames)} frames along a "
         f"smooth path between two dataset cameras about 45° apart, published at {args.rate:g} Hz over ROS 2; the localize and view_predictor nodes ran in a "
-        "separate process started by `python -m gst_ros.run` with `config/gst_ros.yaml` (as the launch file does).", "",
+        "process each, started by `python -m gst_ros.run --nodes <node>` with `config/gst_ros.yaml` (as the launch "
+        "file starts them).", "",
         "| metric | value |", "|---|---|",
         f"| frames published / estimated / dropped (latest-frame worker) | {published} / {n} / {published - n} |",
         f"| rotation error, median (GST) | {summary['rot_median_deg']:.1f}° |",
@@ -413,22 +420,26 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("ROS_DOMAIN_ID", str(random.Random().randint(1, 100)))
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
-    proc = start_nodes(args.model, env, args.param)
+    procs = start_nodes(args.model, env, args.param)
     log_lines: list[str] = []
-    reader = threading.Thread(target=lambda: log_lines.extend(proc.stdout), daemon=True)
-    reader.start()
+    readers = [threading.Thread(target=lambda p=p, node=node: log_lines.extend(f"[{node}] {line}" for line in p.stdout),
+                                daemon=True) for p, node in zip(procs, NODES)]
+    for reader in readers:
+        reader.start()
     record = Record()
     try:
         queries, info = run_client(scene, args, record)
     except (TimeoutError, RuntimeError) as exc:
-        stop_process(proc, log_lines)
+        for proc in procs:
+            stop_process(proc)
         (out / "nodes.log").write_text("".join(log_lines))
         print(f"demo failed: {exc}\n(node log: {out / 'nodes.log'})", file=sys.stderr)
         return 1
     finally:
-        if proc.poll() is None:
-            stop_process(proc, log_lines)
-    reader.join(timeout=5)
+        for proc in procs:
+            stop_process(proc)
+    for reader in readers:
+        reader.join(timeout=5)
     (out / "nodes.log").write_text("".join(log_lines))
     model_size = queries[0]["predicted"].shape[0]
     s = summarize(scene, record, queries, model_size)
