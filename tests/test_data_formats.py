@@ -3,6 +3,7 @@ import gzip
 import json
 import math
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 from transforms3d.quaternions import mat2quat
 
-from gst_model.data import colmap, formats
+from gst_model.data import colmap, formats, registry
 from gst_model.data.cameras import fov_to_K, look_at, project, relative_pose
 from gst_model.data.make_synthetic import SyntheticConfig, assign_splits, make_dataset, sequence_id
 from gst_model.data.pairs import PairDataset, center_crop_resize, to_tensor
@@ -393,3 +394,130 @@ def test_token_cache_concatenate_renumbers_rows(tmp_path):
         for name in src.scene_names:
             assert [r - base_view for r in both.views_of(name)] == list(src.views_of(name))
     assert list(both.scene) == [0] * 3 + [1] * 3 + [2] * 4 + [3] * 4 + [4] * 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset registry: every format through `NAME:PATH` into the training data path
+
+
+def _write_co3d(root, names, c2w, K):
+    """CO3D v2: category `chair`, one sequence per name (4 frames each), NDC-isotropic cameras."""
+    frames = []
+    for s, seq in enumerate(names):
+        for i in range(4):
+            path = f"chair/{seq}/images/frame{i:06d}.jpg"
+            frames.append({"sequence_name": seq, "frame_number": i, "image": {"path": path, "size": [48, 80]},
+                           "viewpoint": _co3d_viewpoint(c2w[s, i], K[i], (48, 80), "ndc_isotropic")})
+            _write_png(root / path, 48, 80)
+    with gzip.open(root / "chair" / "frame_annotations.jgz", "wt", encoding="utf-8") as f:
+        json.dump(frames, f)
+    return [f"chair/{n}" for n in names]
+
+
+def _write_mvimgnet(root, names, c2w, K):
+    for s, obj in enumerate(names):
+        scene_dir = root / "bottle" / obj
+        image_names, _ = _colmap_fixture(scene_dir / "sparse" / "0", s % 2 == 0, c2w[s])
+        for n in image_names:
+            _write_png(scene_dir / "images" / n, 48, 80)
+    return [f"bottle/{n}" for n in names]
+
+
+def _write_objaverse(root, names, c2w, K):
+    for s, uid in enumerate(names):
+        for i in range(4):
+            (root / uid).mkdir(parents=True, exist_ok=True)
+            np.save(root / uid / f"{i:03d}.npy", np.diag([1.0, -1.0, -1.0]) @ np.linalg.inv(c2w[s, i])[:3, :4])
+            _write_png(root / uid / f"{i:03d}.png", 32, 32, (200, 100, 50, 255), "RGBA")
+    return list(names)
+
+
+def _write_re10k(root, names, c2w, K):
+    for s, seq in enumerate(names):
+        images = [np.full((48, 80, 3), 40 * i, np.uint8) for i in range(4)]
+        formats.write_re10k_sequence(root, registry.name_split(seq), seq, [1000 * (i + 1) for i in range(4)],
+                                     c2w[s], K[:4], (48, 80), images)
+    return list(names)
+
+
+# name -> (fixture writer, the prefix the reader puts before each scene's own name)
+REGISTRY_FORMATS = {"co3d": (_write_co3d, "chair/"), "mvimgnet": (_write_mvimgnet, "bottle/"),
+                    "objaverse": (_write_objaverse, ""), "realestate10k": (_write_re10k, "")}
+
+
+def _names_by_split(prefix: str) -> list[str]:
+    """Four scene names: two that `registry.name_split` puts in train (with the prefix), one in val, one in test."""
+    picked = {"train": [], "val": [], "test": []}
+    wanted = {"train": 2, "val": 1, "test": 1}
+    i = 0
+    while any(len(picked[s]) < n for s, n in wanted.items()):
+        split = registry.name_split(f"{prefix}obj{i}")
+        if len(picked[split]) < wanted[split]:
+            picked[split].append(f"obj{i}")
+        i += 1
+    return picked["train"] + picked["val"] + picked["test"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    from gst_model.checkpoint import build_bundle, save_bundle
+    return save_bundle(build_bundle("tiny", seed=0), tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY_FORMATS))
+def test_each_format_goes_through_the_registry_into_tokenized_training_pairs(tmp_path, tiny_model_dir, name):
+    """A tiny dataset in the format's real layout, named by `NAME:PATH` as on the command line, is read,
+    split by scene, paired and tokenized by `training.tokenize_dataset` with exactly the known cameras."""
+    from training.data import PairConfig, pair_cameras, pair_dataset
+    from training.tokenize_dataset import TokenizeConfig, cli as tokenize_cli
+
+    write, prefix = REGISTRY_FORMATS[name]
+    names = _names_by_split(prefix)  # RealEstate10K's fixture writes each to that split's directory
+    c2w = np.stack([_ground_truth(4, seed=s)[0] for s in range(len(names))])
+    K = _ground_truth(4)[1]
+    root = tmp_path / name
+    (root / "chair").mkdir(parents=True)
+    scene_names = write(root, names, c2w, K)
+    spec = f"{name}:{root}" if name != "realestate10k" else str(root)  # a bare path is RealEstate10K
+
+    truth = dict(zip(scene_names, c2w))
+    for split, expected in (("train", scene_names[:2]), ("val", scene_names[2:3]), ("test", scene_names[3:])):
+        assert [s.name for s in registry.read_split(spec, split)] == expected, split
+    ds = pair_dataset(PairConfig(root=spec, image_size=16, pairs_per_scene=3, max_rot_deg=180.0), "train")
+    rel, _ = pair_cameras(ds, 8)
+    for p in range(len(ds)):
+        s, o, t, _, scale = ds.pair_pose(p)
+        poses = truth[ds.scenes[s].name]
+        expected_rel = relative_pose(poses[o], poses[t])
+        expected_rel[:3, 3] /= scale
+        np.testing.assert_allclose(rel[p], expected_rel, atol=1e-9)
+
+    out = tmp_path / "tokens"
+    tokenize_cli(["--dataset", spec, f"camera={tiny_model_dir}", f"image={tiny_model_dir}", f"out={out}",
+                  "data.image_size=64", "data.pairs_per_scene=3", "data.max_rot_deg=180", "ray_size=32",
+                  "splits=[train]"])
+    cache = TokenCache.load(out / "train.npz")
+    assert list(cache.scene_names) == scene_names[:2] and cache.num_pairs == 6
+    assert json.loads((out / "meta.json").read_text())["config"]["data"]["root"] == spec
+    for p in range(cache.num_pairs):
+        np.testing.assert_array_equal(cache.rel_c2w[p], ds.pair_pose(p)[3])
+    for v, pose in enumerate(np.concatenate([truth[n] for n in scene_names[:2]])):
+        np.testing.assert_allclose(cache.view_c2w[v], pose, atol=1e-9)
+
+
+def test_dataset_specs_and_name_splits():
+    assert registry.parse_spec("data/synthetic") == ("realestate10k", Path("data/synthetic"))
+    assert registry.parse_spec("co3d:/d/co3d") == ("co3d", Path("/d/co3d"))
+    assert registry.parse_spec("C:/data") == ("realestate10k", Path("C:/data"))  # a drive letter is a path
+    with pytest.raises(ValueError, match="unknown dataset 'co3'.*known: co3d, mvimgnet"):
+        registry.parse_spec("co3:/d")
+    with pytest.raises(ValueError, match="no path"):
+        registry.parse_spec("co3d:")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        registry.read_split("mvimgnet:/nonexistent/mvimgnet", "train")
+    with pytest.raises(ValueError, match="split must be one of"):
+        registry.read_split("data/synthetic", "training")
+    splits = [registry.name_split(f"scene_{i}") for i in range(20000)]
+    shares = [splits.count(s) / len(splits) for s in ("train", "val", "test")]
+    np.testing.assert_allclose(shares, registry.SPLIT_FRACTIONS, atol=0.01)
+    assert splits == [registry.name_split(f"scene_{i}") for i in range(20000)]  # stable

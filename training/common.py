@@ -317,7 +317,8 @@ def config_cli(config_cls: type[C], description: str, argv: list[str] | None = N
                extra_flags: dict[str, dict] | None = None) -> C:
     """The scripts' shared command line: --config YAML, optional extra flags, then key=value overrides.
 
-    An extra flag `--name` given on the command line becomes the override `name=value`.
+    An extra flag `--name` given on the command line becomes the override `name=value` (`key=value` when its
+    argparse options give dest="key", e.g. a nested key).
     """
     import argparse
 
@@ -328,5 +329,6 @@ def config_cli(config_cls: type[C], description: str, argv: list[str] | None = N
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.max_steps=100")
     args = parser.parse_args(argv)
     overrides = list(args.overrides)
-    overrides += [f"{flag}={getattr(args, flag)}" for flag in (extra_flags or {}) if getattr(args, flag) is not None]
+    keys = [kwargs.get("dest", flag) for flag, kwargs in (extra_flags or {}).items()]
+    overrides += [f"{key}={getattr(args, key)}" for key in keys if getattr(args, key) is not None]
     return load_config(config_cls, args.config, overrides)

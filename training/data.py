@@ -1,8 +1,9 @@
 """Training-data glue: which pairs a run uses, and the arrays each trainer consumes.
 
-All trainers read the same dataset root (RealEstate10K layout, e.g. written by
-`python -m gst_model.data.make_synthetic`) through `gst_model.data.PairDataset`, so the camera
-tokenizer sees exactly the relative cameras the transformer is later trained on.
+All trainers read the same dataset (`PairConfig.root`, a `gst_model.data.registry` spec: a RealEstate10K-
+layout root such as `python -m gst_model.data.make_synthetic` writes, or `co3d:PATH`, `mvimgnet:PATH`, ...)
+through `gst_model.data.PairDataset`, so the camera tokenizer sees exactly the relative cameras the
+transformer is later trained on.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from gst_model.data.formats import read_re10k_split
 from gst_model.data.pairs import PairDataset
+from gst_model.data.registry import READERS, read_split
 from gst_model.data.token_cache import TokenCache
 from gst_model.image import crop_resize_intrinsics
 from gst_model.vocab import Vocabulary
@@ -22,7 +23,7 @@ from gst_model.vocab import Vocabulary
 
 @dataclass
 class PairConfig:
-    root: str = "data/synthetic"
+    root: str = "data/synthetic"  # dataset spec: NAME:PATH (gst_model.data.registry) or a RealEstate10K-layout root
     image_size: int = 64
     min_rot_deg: float = 0.0
     max_rot_deg: float = 60.0
@@ -32,11 +33,15 @@ class PairConfig:
 
 
 def pair_dataset(cfg: PairConfig, split: str) -> PairDataset:
-    scenes = read_re10k_split(Path(cfg.root), split)
-    if not scenes:
-        raise FileNotFoundError(f"no sequences in {Path(cfg.root) / split} (run python -m gst_model.data.make_synthetic)")
+    scenes = read_split(cfg.root, split)
     return PairDataset(scenes, size=cfg.image_size, min_rot_deg=cfg.min_rot_deg, max_rot_deg=cfg.max_rot_deg,
                        pairs_per_scene=cfg.pairs_per_scene, scale_mode=cfg.scale_mode, seed=cfg.seed)
+
+
+# The scripts' --dataset NAME:PATH, the same as the override data.root=NAME:PATH.
+DATASET_FLAG = {"dataset": dict(dest="data.root", metavar="NAME:PATH",
+                                help=f"dataset to read ({', '.join(sorted(READERS))}: NAME:PATH; a bare path: "
+                                     "RealEstate10K layout); sets data.root")}
 
 
 def pair_cameras(ds: PairDataset, ray_size: int) -> tuple[np.ndarray, np.ndarray]:

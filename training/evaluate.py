@@ -4,7 +4,9 @@
         --pairs 200 --num-samples 8 --out runs/eval [--seed 0]
 
 `--model` is a checkpoint directory or a preset name (random weights: only for testing the harness).
-`--data` is a RealEstate10K-layout root (e.g. written by `python -m gst_model.data.make_synthetic`).
+`--data` (or `--dataset`) is a dataset spec of `gst_model.data.registry`: `NAME:PATH` (co3d, mvimgnet,
+objaverse, realestate10k, synthetic) or a RealEstate10K-layout root (e.g. written by
+`python -m gst_model.data.make_synthetic`).
 
 For each of `--pairs` pairs drawn with a fixed seed (see `gst_model.data.pairs.PairDataset`):
   pose   GST `estimate_pose(obs, target)` from `--num-samples` samples (`--pose-selection`), the consensus
@@ -37,8 +39,8 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from gst_model import metrics  # noqa: E402
-from gst_model.data.formats import read_re10k_split  # noqa: E402
 from gst_model.data.pairs import PairDataset  # noqa: E402
+from gst_model.data.registry import read_split  # noqa: E402
 from gst_model.geometry import rotation_angle_deg  # noqa: E402
 from gst_model.image import center_crop_resize, crop_resize_intrinsics  # noqa: E402
 from gst_model.pipeline import POSE_SELECTIONS, GSTPipeline  # noqa: E402
@@ -59,7 +61,8 @@ LABELS = {"gst": "GST", "gst_consensus": "GST, consensus of the same samples", "
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="checkpoint directory or preset name (e.g. tiny)")
-    p.add_argument("--data", required=True, help="RealEstate10K-layout dataset root")
+    p.add_argument("--data", "--dataset", dest="data", required=True, metavar="NAME:PATH",
+                   help="dataset spec (gst_model.data.registry), e.g. co3d:PATH; a bare path: RealEstate10K layout")
     p.add_argument("--split", default="test")
     p.add_argument("--pairs", type=int, default=100, help="number of test pairs")
     p.add_argument("--num-samples", type=int, default=16, help="pose samples per estimate")
@@ -359,9 +362,7 @@ def _run(args: argparse.Namespace) -> dict:
     pipe = GSTPipeline.from_pretrained(args.model)
     meta = pipe.bundle.metadata
     scale_mode = args.scale_mode or meta.get("scale_mode", "scene")
-    scenes = read_re10k_split(args.data, args.split)
-    if not scenes:
-        raise FileNotFoundError(f"no sequences under {Path(args.data) / args.split}")
+    scenes = read_split(args.data, args.split)
     # Items 0..pairs-1 cycle through the scenes, so the pairs spread evenly over the sequences.
     ds = PairDataset(scenes, size=args.image_size, min_rot_deg=args.min_rot, max_rot_deg=args.max_rot,
                      pairs_per_scene=-(-args.pairs // len(scenes)), scale_mode=scale_mode, seed=args.seed)

@@ -1,7 +1,8 @@
 """Pre-tokenise a dataset's pairs with trained tokenizers (so GST training never runs them).
 
-    python -m training.tokenize_dataset --camera runs/camera_tokenizer --image runs/image_tokenizer \
-        --out runs/tokens data.root=data/synthetic data.image_size=64 ray_size=32
+    python -m training.tokenize_dataset camera=runs/camera_tokenizer image=runs/image_tokenizer \
+        out=runs/tokens data.root=data/synthetic data.image_size=64 ray_size=32
+    python -m training.tokenize_dataset --dataset co3d:/data/co3d camera=... image=... out=runs/co3d_tokens
 
 Writes <out>/{train,val,test}.npz (gst_model.data.TokenCache) and <out>/meta.json with the
 vocabulary sizes and grid the transformer must use.
@@ -21,7 +22,7 @@ from gst_model.checkpoint import load_part, weights_digest
 from gst_model.data.token_cache import TokenCache
 from gst_model.tokenizer import VQConfig, VQModel
 from training.common import config_cli, config_to_dict, pick_device, setup_logging
-from training.data import PairConfig, pair_dataset
+from training.data import DATASET_FLAG, PairConfig, pair_dataset
 
 log = logging.getLogger("gst.tokenize")
 
@@ -87,7 +88,7 @@ def main(cfg: TokenizeConfig) -> Path:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    main(config_cli(TokenizeConfig, __doc__, argv))
+    main(config_cli(TokenizeConfig, __doc__, argv, DATASET_FLAG))
 
 if __name__ == "__main__":
     cli()

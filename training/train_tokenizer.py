@@ -2,6 +2,7 @@
 
     python -m training.train_tokenizer --config training/configs/camera_tokenizer_small.yaml
     python -m training.train_tokenizer --config training/configs/image_tokenizer_small.yaml
+    python -m training.train_tokenizer --config my_tokenizer.yaml --dataset mvimgnet:/data/mvimgnet
 
 Camera: ray maps of the training pairs' relative cameras (observation = identity), as in the paper;
 loss = L2 reconstruction + codebook + commitment; reports codebook usage and the pose round-trip
@@ -27,7 +28,7 @@ from gst_model import geometry
 from gst_model.tokenizer import VQConfig, VQModel
 from training.common import (config_cli, CsvLog, OptimConfig, config_to_dict, load_training_state, lr_at,
                              pick_device, plot_curves, save_training_state, seed_everything, setup_logging)
-from training.data import PairConfig, pair_cameras, pair_dataset, view_images
+from training.data import DATASET_FLAG, PairConfig, pair_cameras, pair_dataset, view_images
 
 log = logging.getLogger("gst.train_tokenizer")
 
@@ -246,7 +247,7 @@ def main(cfg: TokenizerTrainConfig) -> Path:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    main(config_cli(TokenizerTrainConfig, __doc__, argv))
+    main(config_cli(TokenizerTrainConfig, __doc__, argv, DATASET_FLAG))
 
 if __name__ == "__main__":
     cli()

@@ -32,7 +32,8 @@ def center_crop_resize(image: np.ndarray, K: np.ndarray, size: int) -> tuple[np.
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 HxWx3 -> float32 3xHxW in [-1, 1], the official normalisation."""
-    return torch.from_numpy(image).permute(2, 0, 1).float().div(127.5).sub(1.0)
+    # arrays viewed from PIL images are read-only, which torch warns about: copy only those
+    return torch.from_numpy(np.require(image, requirements="W")).permute(2, 0, 1).float().div(127.5).sub(1.0)
 
 
 class PairDataset(torch.utils.data.Dataset):
