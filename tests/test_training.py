@@ -180,13 +180,59 @@ def test_config_reads_exponent_numbers(tmp_path):
         load_config(train_gst.GSTTrainConfig, None, ["optim.lr=fast"])
 
 
-def test_gst_log_reports_whether_the_pose_reads_the_images(built):
+def test_gst_log_has_the_validation_losses(built):
     _, cfg = built
     import csv
     rows = list(csv.DictReader(open(Path(cfg["runs"]) / "gst" / "train_log.csv")))
     last = rows[-1]
     for key in ("val_view", "val_pose", "val_camera", "val_camera_mismatched"):
         assert np.isfinite(float(last[key])), key
+
+
+class _ReadsCameraFrom(torch.nn.Module):
+    """A stand-in GST for pose sequences [obs T][<EST>][target T][camera T]: it predicts camera token j as
+    code j of the target image, of the observation, or (None) knows nothing (uniform logits)."""
+
+    def __init__(self, vocab, source: str | None):
+        super().__init__()
+        self.vocab, self.source = vocab, source
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        T = self.vocab.tokens_per_view
+        logits = torch.zeros(*seq.shape, self.vocab.size)
+        rows = torch.nonzero(seq[:, T] == self.vocab.est_token)[:, 0]  # pose sequences; view ones stay uniform
+        if self.source is not None and len(rows):
+            start = T + 1 if self.source == "target" else 0
+            codes = seq[rows, start:start + T] + self.vocab.camera_offset
+            logits[rows[:, None], torch.arange(2 * T, 3 * T), codes] = 30.0
+        return logits
+
+
+@pytest.mark.parametrize("source", ["target", "observation", None])
+def test_gst_validation_reports_whether_the_pose_reads_the_images(source):
+    """val_camera_mismatched gives each pose sequence another pair's target image: the camera loss of a model
+    that reads the pose off the target image rises by nats, that of one reading only the observation (or
+    nothing) stays exactly the same."""
+    from gst_model.data.token_cache import TokenCache
+    from gst_model.vocab import Vocabulary
+
+    vocab, T, pairs = Vocabulary(image_codes=16, camera_codes=16, tokens_per_view=4), 4, 8
+    image_codes = np.random.default_rng(0).integers(0, 16, (2 * pairs, T)).astype(np.int32)
+    pair_rows = np.array([(2 * p, 2 * p + 1) for p in range(pairs)])
+    # the pose is a function of the image the model is built to read
+    camera_codes = image_codes[pair_rows[:, 0 if source == "observation" else 1]]
+    cache = TokenCache(image_codes=image_codes, scene=np.arange(2 * pairs) // 2,
+                       view_c2w=np.tile(np.eye(4), (2 * pairs, 1, 1)), view_K=np.tile(np.eye(3), (2 * pairs, 1, 1)),
+                       pairs=pair_rows, rel_c2w=np.tile(np.eye(4), (pairs, 1, 1)), camera_codes=camera_codes,
+                       scene_names=np.array([f"s{p}" for p in range(pairs)]), view_offsets=np.arange(pairs + 1) * 2)
+    cfg = train_gst.GSTTrainConfig(batch_size=16, eval_batches=2)
+    losses = train_gst.evaluate(_ReadsCameraFrom(vocab, source), cache, vocab, cfg, "cpu")
+    gap = losses["val_camera_mismatched"] - losses["val_camera"]
+    if source == "target":
+        assert losses["val_camera"] < 1e-6 and gap > 10.0
+    else:
+        assert gap == 0.0
+        assert losses["val_camera"] == pytest.approx(0.0 if source else np.log(vocab.size), abs=1e-6)
 
 
 def test_camera_loss_weight_touches_only_pose_camera_tokens():
