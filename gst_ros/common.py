@@ -70,13 +70,8 @@ def min_period_s(node) -> float:
 
 
 def load_pipeline(node):
-    """GSTPipeline for the node's model parameters; raises with the cause on a missing/corrupt model or a
-    preset name without random_weights."""
-    from gst_model.pipeline import GSTPipeline
-
-    source = params.model_source(param(node, "model_path"), param(node, "random_weights"))
-    return GSTPipeline.from_pretrained(source, backend=param(node, "backend"), device=param(node, "device"),
-                                       compile=param(node, "compile"))
+    """GSTPipeline for the node's model parameters (gst_ros.params.load_pipeline)."""
+    return params.load_pipeline(lambda name: param(node, name))
 
 
 def sampling_kwargs(node, seed: int | None = None, **overrides) -> dict:

@@ -35,7 +35,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 
 from gst_ros import common, conversions as conv, params
 from gst_ros.common import param
-from gst_ros.keyframes import Localized, Localizer, RekeyPolicy
+from gst_ros.keyframes import Localized, Localizer
 from gst_ros.lifecycle import GstNode
 from gst_ros.msg import PoseEstimate
 from gst_ros.srv import EstimatePose, SetReference
@@ -89,7 +89,8 @@ class LocalizeNode(GstNode):
             self._error(f"dropped image: {exc}")
             return
         get = lambda name: param(self, name)  # noqa: E731
-        out = self._localizer.localize(rgb, conv.time_to_ns(msg.header.stamp), self._estimate, rekey_policy(get))
+        out = self._localizer.localize(rgb, conv.time_to_ns(msg.header.stamp), self._estimate,
+                                       params.rekey_policy(get))
         if out.pose is None:
             self.get_logger().info(f"reference {out.keyframe.id} set from the first image")
             return
@@ -162,11 +163,6 @@ class LocalizeNode(GstNode):
                  "camera_fovy_deg": self._camera_fov if self._camera_fov is not None else "unknown",
                  "model_fovy_deg": float(fov)}
         return common.diagnostics(self, "pose estimation", snap, extra, warn)
-
-
-def rekey_policy(get) -> RekeyPolicy:
-    """The re-key parameters (by `get(name)`) as the Localizer's policy."""
-    return RekeyPolicy(min_consistency=get("rekey_min_consistency"), after_frames=get("rekey_after_frames"))
 
 
 def estimate_messages(out: Localized, stamp: Time, get) -> tuple[TFMessage, PoseWithCovarianceStamped, PoseEstimate]:

@@ -15,6 +15,7 @@ import yaml
 
 from gst_model.checkpoint import BUNDLE_PRESETS
 from gst_model.pipeline import POSE_SELECTIONS
+from gst_ros.keyframes import RekeyPolicy
 
 INT32_MAX = 2**31 - 1
 
@@ -98,6 +99,28 @@ def check(spec: ParamSpec, value) -> str:
     return ""
 
 
+def default_file() -> Path | None:
+    """config/gst_ros.yaml of the checkout, else of the installed package share, else None."""
+    local = Path(__file__).resolve().parents[1] / "config" / "gst_ros.yaml"
+    if local.is_file():
+        return local
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+        share = Path(get_package_share_directory("gst_ros")) / "config" / "gst_ros.yaml"
+        return share if share.is_file() else None
+    except (ImportError, PackageNotFoundError):
+        return None
+
+
+def parse_assignment(text: str) -> tuple[str, object]:
+    """NAME:=VALUE with the value read as YAML, as `-p` does (1 -> int, 1.0 -> double, '' -> string)."""
+    name, sep, value = text.partition(":=")
+    if not sep or not name:
+        raise ValueError(f"expected NAME:=VALUE, got {text!r}")
+    parsed = yaml.safe_load(value) if value else ""
+    return name, parsed if parsed is not None else ""
+
+
 def yaml_values(path: Path, node_name: str) -> dict:
     """The parameters a ROS 2 parameter file gives node `node_name` (no namespace): its `/**` section, then
     the node's own (`/**/name`, `name` or `/name`) overriding it, as rcl applies them."""
@@ -152,6 +175,18 @@ def model_label(model_path: str) -> str:
     return model_path
 
 
+def load_pipeline(get: Callable[[str], object]):
+    """The GSTPipeline the model parameters (`get(name)`) describe; raises with the cause on a missing or
+    corrupt model or a preset name without random_weights."""
+    from gst_model.pipeline import GSTPipeline
+
+    source = model_source(get("model_path"), get("random_weights"))
+    # A node owns its process, so it may flush subnormal floats process-wide (30% faster CPU estimates).
+    options = {"flush_denormal": True} if get("backend") == "torch" else {}
+    return GSTPipeline.from_pretrained(source, backend=get("backend"), device=get("device"), compile=get("compile"),
+                                       **options)
+
+
 def sampling_kwargs(get: Callable[[str], object], seed: int | None = None, **overrides) -> dict:
     """Pipeline sampling arguments from the parameters (`get(name)`); an override of None keeps the
     parameter; seed None = the `seed` parameter, where -1 is a fresh random seed per call."""
@@ -167,3 +202,8 @@ def pose_kwargs(get: Callable[[str], object], num_samples: int | None = None, se
     """GSTPipeline.estimate_pose arguments of the localize parameters: what the node and replay both call."""
     return {"num_samples": get("num_samples") if num_samples is None else num_samples,
             "selection": get("pose_selection"), **sampling_kwargs(get, seed=seed)}
+
+
+def rekey_policy(get: Callable[[str], object]) -> RekeyPolicy:
+    """The re-key parameters as gst_ros.keyframes.Localizer's policy."""
+    return RekeyPolicy(min_consistency=get("rekey_min_consistency"), after_frames=get("rekey_after_frames"))

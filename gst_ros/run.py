@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 import rclpy
-import yaml
 from rclpy.context import Context
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -37,25 +36,13 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 
+from gst_ros import params
 from gst_ros.localize_node import LocalizeNode
 from gst_ros.view_predictor_node import ViewPredictorNode
 
 EXECUTOR_THREADS = 4  # image callbacks, diagnostics, and one model callback group per node
 DRAIN_TIMEOUT_S = 30.0  # at shutdown: the request being served finishes, queued ones are refused
 DRAIN_QUIET_S = 0.5  # no request taken for this long while spinning: the queues are empty
-
-
-def default_params_file() -> Path | None:
-    """config/gst_ros.yaml of the checkout, else of the installed package share, else None."""
-    local = Path(__file__).resolve().parents[1] / "config" / "gst_ros.yaml"
-    if local.is_file():
-        return local
-    try:
-        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-        share = Path(get_package_share_directory("gst_ros")) / "config" / "gst_ros.yaml"
-        return share if share.is_file() else None
-    except (ImportError, PackageNotFoundError):
-        return None
 
 
 def run_nodes(node_classes, argv: list[str], overrides: list[Parameter] = ()) -> int:
@@ -138,18 +125,18 @@ def build_ros_args(opts) -> list[str]:
 
 
 def parse_override(text: str) -> Parameter:
-    """NAME:=VALUE with the value read as YAML, as `-p` does (1 -> int, 1.0 -> double, '' -> string)."""
-    name, sep, value = text.partition(":=")
-    if not sep or not name:
-        raise SystemExit(f"--param expects NAME:=VALUE, got {text!r}")
-    parsed = yaml.safe_load(value) if value else ""
-    return Parameter(name, value=parsed if parsed is not None else "")
+    """NAME:=VALUE with the value read as YAML, as `-p` does (gst_ros.params.parse_assignment)."""
+    try:
+        name, value = params.parse_assignment(text)
+    except ValueError as exc:
+        raise SystemExit(f"--param: {exc}") from None
+    return Parameter(name, value=value)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m gst_ros.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", type=Path, default=default_params_file(),
+    parser.add_argument("--params", type=Path, default=params.default_file(),
                         help="ROS 2 parameter YAML (default: config/gst_ros.yaml)")
     parser.add_argument("--remap", action="append", default=[], metavar="FROM:=TO",
                         help="topic remap for every node, e.g. image:=/camera/image_raw")

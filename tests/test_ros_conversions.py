@@ -81,11 +81,29 @@ def _msg(**changes) -> Image:
     ({"width": 0, "step": 0}, "empty image"),
     ({"step": 20}, "step 20 < width*channels = 7*3"),
     ({"height": 5000, "width": 5000, "step": 15000}, "image too large"),
+    ({"data": bytes(5 * 21 + 1)}, "image data has 106 bytes, expected step*height = 21*5 = 105"),  # padded
 ])
 def test_bad_images_rejected(changes, why):
     with pytest.raises(ValueError, match=None) as err:
         conv.image_to_numpy(_msg(**changes))
     assert why in str(err.value)
+
+
+def test_empty_message_is_an_empty_image():
+    with pytest.raises(ValueError, match=r"^empty image: 0x0, encoding '', 0 data bytes$"):
+        conv.image_to_numpy(Image())
+
+
+def test_minimum_input_side():
+    from gst_model.image import min_input_side
+
+    assert min_input_side(64) == 16 and min_input_side(256) == 64 and min_input_side(2) == 1
+    assert conv.image_to_numpy(_msg(), min_side=5).shape == (5, 7, 3)
+    with pytest.raises(ValueError, match="image too small: 7x5, the model needs a short side of at least 6 px"):
+        conv.image_to_numpy(_msg(), min_side=6)
+    one = conv.numpy_to_image(np.zeros((1, 1, 3), np.uint8))
+    with pytest.raises(ValueError, match="image too small: 1x1"):
+        conv.check_image_msg(one, min_side=min_input_side(64))
 
 
 def test_max_pixels_parameter():
