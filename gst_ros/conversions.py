@@ -4,9 +4,15 @@ No node, no DDS: every function takes a message (or array) and returns the other
 ValueError with a message fit for a service answer or a diagnostics entry when the input is bad.
 
 Images: rgb8/bgr8/rgba8/bgra8/mono8 become HxWx3 RGB (HxWx4 RGBA for the alpha encodings, which the
-pipeline composites over white), uint8. cv_bridge is used when a sourced ROS install provides it
-(ROS_DISTRO set); otherwise a numpy path. The PyPI `cv-bridge` is a ROS 1 port that breaks on numpy 2,
-hence the ROS_DISTRO gate. Our own size checks run first on both paths.
+pipeline composites over white), uint8. The 16-bit forms (rgb16/bgr16/rgba16/bgra16/mono16, either byte
+order) are scaled from the full 16-bit range, v * 255 / 65535, rounded. cv_bridge is used for 8-bit
+encodings when a sourced ROS install provides it (ROS_DISTRO set); otherwise a numpy path. The PyPI
+`cv-bridge` is a ROS 1 port that breaks on numpy 2, hence the ROS_DISTRO gate. Our own size checks run
+first on both paths.
+
+Camera intrinsics come from CameraInfo (`camera_intrinsics`): P's left 3x3 (the camera matrix of the
+rectified image) when P is set, else K. The nodes expect rectified images (image_rect from image_proc):
+a non-zero D is reported, never applied.
 """
 from __future__ import annotations
 
@@ -29,6 +35,9 @@ ENCODINGS = {
     "bgra8": (4, (2, 1, 0, 3)),
     "mono8": (1, (0,)),
 }
+# Accepted as input only (predicted images are 8-bit): encoding -> (channels, order) as above.
+ENCODINGS_16 = {enc.replace("8", "16"): spec for enc, spec in ENCODINGS.items()}
+INPUT_ENCODINGS = {**ENCODINGS, **ENCODINGS_16}
 DEFAULT_MAX_PIXELS = 4096 * 4096
 # A quaternion from a float32 source normalised once is within ~1e-7 of unit; 1e-3 admits sloppy
 # publishers (rounded printouts) but rejects anything that is really a different rotation.
@@ -57,15 +66,16 @@ def check_image_msg(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: 
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     if h == 0 or w == 0:
         raise ValueError(f"empty image: {w}x{h}, encoding {enc!r}, {len(msg.data)} data bytes")
-    if enc not in ENCODINGS:
-        raise ValueError(f"unsupported image encoding {enc!r}; supported: {', '.join(ENCODINGS)}")
-    channels = ENCODINGS[enc][0]
+    if enc not in INPUT_ENCODINGS:
+        raise ValueError(f"unsupported image encoding {enc!r}; supported: {', '.join(INPUT_ENCODINGS)}")
+    channels = INPUT_ENCODINGS[enc][0]
     if min(h, w) < min_side:
         raise ValueError(f"image too small: {w}x{h}, the model needs a short side of at least {min_side} px")
     if h * w > max_pixels:
         raise ValueError(f"image too large: {w}x{h} = {h * w} pixels > max_image_pixels={max_pixels}")
-    if step < w * channels:
-        raise ValueError(f"step {step} < width*channels = {w}*{channels} for {enc}")
+    depth = 2 if enc in ENCODINGS_16 else 1
+    if step < w * channels * depth:
+        raise ValueError(f"step {step} < width*channels*bytes = {w}*{channels}*{depth} for {enc}")
     if len(msg.data) != step * h:  # shorter: truncated; longer: a layout the header does not describe
         raise ValueError(f"image data has {len(msg.data)} bytes, expected step*height = {step}*{h} = {step * h}")
     return channels
@@ -75,13 +85,18 @@ def image_to_numpy(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: i
     """sensor_msgs/Image -> HxWx3 RGB (or HxWx4 RGBA) uint8, a copy independent of the message."""
     channels = check_image_msg(msg, max_pixels, min_side)
     h, w = int(msg.height), int(msg.width)
-    if _BRIDGE is not None:
+    wide = msg.encoding in ENCODINGS_16
+    if _BRIDGE is not None and not wide:
         want = "rgba8" if channels == 4 else "rgb8"
         return np.array(_BRIDGE.imgmsg_to_cv2(msg, desired_encoding=want), dtype=np.uint8, copy=True)
     # msg.data is an array.array / bytes; a strided view drops the per-row padding
     buf = np.frombuffer(memoryview(msg.data), dtype=np.uint8, count=int(msg.step) * h)
-    rows = buf.reshape(h, int(msg.step))[:, :w * channels].reshape(h, w, channels)
-    order = ENCODINGS[msg.encoding][1]
+    rows = buf.reshape(h, int(msg.step))[:, :w * channels * (2 if wide else 1)]
+    if wide:
+        rows = rows.copy().view(">u2" if msg.is_bigendian else "<u2")  # copy: rows of a padded step are unaligned
+        rows = ((rows.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    rows = rows.reshape(h, w, channels)
+    order = INPUT_ENCODINGS[msg.encoding][1]
     if channels == 1:
         return np.repeat(rows, 3, axis=2)
     return np.ascontiguousarray(rows[:, :, list(order)])
@@ -211,6 +226,24 @@ def camera_info_to_k(info: CameraInfo) -> np.ndarray:
     if info.width == 0 or info.height == 0:
         raise ValueError(f"camera_info has an empty image size {info.width}x{info.height}")
     return K
+
+
+def camera_intrinsics(info: CameraInfo) -> tuple[np.ndarray, tuple[int, int], bool]:
+    """CameraInfo -> (3x3 intrinsics of the rectified image, (width, height), whether D is non-zero).
+
+    The rectified image's camera matrix is P's left 3x3 (REP-104; image_proc rectifies into it); a
+    CameraInfo without P (all zeros) gives K. ValueError for unusable values.
+    """
+    if info.width == 0 or info.height == 0:
+        raise ValueError(f"camera_info has an empty image size {info.width}x{info.height}")
+    P = np.asarray(info.p, dtype=np.float64).reshape(3, 4)
+    K = P[:, :3].copy() if np.any(P != 0) else np.asarray(info.k, dtype=np.float64).reshape(3, 3)
+    if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise ValueError(f"camera_info intrinsics must be finite with positive focal lengths, got {K.tolist()}")
+    if abs(K[0, 1]) > 1e-9 * K[0, 0] or np.any(K[2] != [0, 0, 1]) or K[1, 0] != 0:
+        raise ValueError(f"camera_info intrinsics must be a zero-skew pinhole matrix, got {K.tolist()}")
+    D = np.asarray(info.d, dtype=np.float64)
+    return K, (int(info.width), int(info.height)), bool(np.any(D != 0))
 
 
 def fovy_deg(K: np.ndarray, height: int) -> float:
