@@ -26,6 +26,7 @@ from geometry_msgs.msg import Pose, PoseWithCovariance, Transform
 from sensor_msgs.msg import CameraInfo, Image
 
 from gst_model import geometry
+from gst_ros.params import MAX_IMAGE_PIXELS
 
 # encoding -> (channels, channel order as indices into the RGB(A) output)
 ENCODINGS = {
@@ -38,7 +39,6 @@ ENCODINGS = {
 # Accepted as input only (predicted images are 8-bit): encoding -> (channels, order) as above.
 ENCODINGS_16 = {enc.replace("8", "16"): spec for enc, spec in ENCODINGS.items()}
 INPUT_ENCODINGS = {**ENCODINGS, **ENCODINGS_16}
-DEFAULT_MAX_PIXELS = 4096 * 4096
 # A quaternion from a float32 source normalised once is within ~1e-7 of unit; 1e-3 admits sloppy
 # publishers (rounded printouts) but rejects anything that is really a different rotation.
 UNIT_QUATERNION_TOL = 1e-3
@@ -57,7 +57,7 @@ def _cv_bridge():
 _BRIDGE = _cv_bridge()
 
 
-def check_image_msg(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 1) -> int:
+def check_image_msg(msg: Image, max_pixels: int = MAX_IMAGE_PIXELS, min_side: int = 1) -> int:
     """Validate an Image's size, encoding and layout without touching pixels; return its channel count.
 
     min_side: smallest accepted short side (gst_model.image.min_input_side of the model's input size).
@@ -81,7 +81,7 @@ def check_image_msg(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: 
     return channels
 
 
-def image_to_numpy(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 1) -> np.ndarray:
+def image_to_numpy(msg: Image, max_pixels: int = MAX_IMAGE_PIXELS, min_side: int = 1) -> np.ndarray:
     """sensor_msgs/Image -> HxWx3 RGB (or HxWx4 RGBA) uint8, a copy independent of the message."""
     channels = check_image_msg(msg, max_pixels, min_side)
     h, w = int(msg.height), int(msg.width)

@@ -18,6 +18,8 @@ from gst_model.pipeline import POSE_SELECTIONS
 from gst_ros.keyframes import RekeyPolicy
 
 INT32_MAX = 2**31 - 1
+# Default of max_image_pixels, and of the image conversions' own limit (gst_ros.conversions).
+MAX_IMAGE_PIXELS = 4096 * 4096
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ MODEL_PARAMS = (
     ParamSpec("cfg_scale", 1.0, "classifier-free guidance scale (1 = none)", 0.0, 100.0),
     ParamSpec("seed", -1, "sampling seed (-1 = random every call)", -1, INT32_MAX),
     ParamSpec("max_samples", 32, "largest num_samples a request may ask for", 1, 256),
-    ParamSpec("max_image_pixels", 4096 * 4096, "larger input images are rejected (width*height)",
+    ParamSpec("max_image_pixels", MAX_IMAGE_PIXELS, "larger input images are rejected (width*height)",
               1, 1 << 30),
     ParamSpec("qos_reliability", "best_effort", "reliability of the image subscription(s) "
               "(best_effort = sensor-data QoS)", choices=("best_effort", "reliable"), configure_only=True),
