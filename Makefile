@@ -5,11 +5,11 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.gst_setup_done
 SHELL  := /bin/bash
 
-.PHONY: setup test test-fast demo conformance bench clean
+.PHONY: setup test test-fast demo conformance bench soak clean
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-ros.txt scripts/setup_ros.sh scripts/setup_system.sh CMakeLists.txt package.xml $(wildcard msg/*.msg srv/*.srv)
+$(STAMP): requirements.txt requirements-ros.txt setup.py scripts/setup_ros.sh scripts/setup_system.sh CMakeLists.txt package.xml $(wildcard msg/*.msg srv/*.srv)
 	bash scripts/setup_system.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -27,13 +27,17 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 conformance: setup
-	$(PY) -m gst_model.conformance ../shared/reference/official_golden.npz
+	$(PY) -m gst_model.conformance ../shared/reference/official_golden.npz --report bench/conformance.md
 
 demo: setup
 	$(PY) -m gst_ros.tools.demo --out demo_output
 
 bench: setup
 	$(PY) -m gst_model.bench --presets default,GPT-B --out bench/results.md
+
+# malformed inputs, SIGINT with queued requests, lifecycle under load, kill -9, image QoS, 60 s flood (~6 min)
+soak: setup
+	$(PY) -m gst_ros.tools.reliability --out bench/reliability.md
 
 clean:
 	rm -rf build demo_output .pytest_cache

@@ -76,7 +76,7 @@ def run_nodes(node_classes, argv: list[str], overrides: list[Parameter] = ()) ->
             executor.add_node(node)
         logger.info(f"running {', '.join(n.get_fully_qualified_name() for n in nodes)}")
         while not stop.is_set() and context.ok():
-            executor.spin_once(timeout_sec=0.2)
+            spin_once(executor, logger, 0.2)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
@@ -93,6 +93,18 @@ def run_nodes(node_classes, argv: list[str], overrides: list[Parameter] = ()) ->
     return 0
 
 
+def spin_once(executor, logger, timeout_s: float) -> None:
+    """One executor step. A callback's exception surfaces here (rclpy re-raises it from spin_once); the
+    nodes answer their own errors, so one that escapes (e.g. a service destroyed by a lifecycle transition
+    while its request was being taken) is logged, and the process keeps serving."""
+    try:
+        executor.spin_once(timeout_sec=timeout_s)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        raise
+    except Exception as exc:
+        logger.error(f"a callback failed: {type(exc).__name__}: {exc}")
+
+
 def drain(executor, nodes, context, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
     """Spin until every queued request is answered and none runs: the nodes refuse new work from now on,
     so each waiting caller gets success=false and a reason instead of no answer."""
@@ -100,7 +112,7 @@ def drain(executor, nodes, context, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         node.begin_shutdown()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and context.ok():
-        executor.spin_once(timeout_sec=0.05)
+        spin_once(executor, rclpy.logging.get_logger("gst_ros.run"), 0.05)
         if min((node.idle_s() for node in nodes), default=DRAIN_QUIET_S) >= DRAIN_QUIET_S:
             return
 

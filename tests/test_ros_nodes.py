@@ -212,8 +212,9 @@ def test_services_before_first_image(stack):
 
 def _pose(x=0.1, q=(0.0, 0.0, 0.0, 1.0)):
     p = PoseStamped().pose
-    p.position.x = x
-    p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w = q
+    p.position.x = float(x)
+    # floats: these rclpy wheels serialize an int in a float64 field as its bit pattern (2 -> 1e-323)
+    p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w = (float(v) for v in q)
     return p
 
 
