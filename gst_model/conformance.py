@@ -1,10 +1,11 @@
 """Check this implementation against the official GST golden vectors.
 
-    python -m gst_model.conformance ../shared/reference/official_golden.npz [--xxl]
+    python -m gst_model.conformance ../shared/reference/official_golden.npz [--xxl] [--report FILE.md]
 
 Rebuilds every golden model (stored weights or the deterministic recipe in official_golden.md),
 runs it, and prints one line per check with its max error and tolerance. Exits 1 on any failure.
-`--xxl` adds the real 1.4B GPT-XXL (about 6 GB of memory and a few minutes on CPU).
+`--xxl` adds the real 1.4B GPT-XXL (about 6 GB of memory and a few minutes on CPU). `--report` also
+writes the results as a markdown table (`make conformance`: bench/conformance.md, which README cites).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import argparse
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -34,6 +36,7 @@ class Check:
     error: float
     tolerance: float
     detail: str = ""
+    section: str = ""
 
     @property
     def passed(self) -> bool:
@@ -167,6 +170,7 @@ def run(golden_path: str, xxl: bool = False, out=sys.stdout) -> list[Check]:
         except Exception as exc:  # a crash in one section is a failed check, not a lost report
             checks = [Check(f"{section}: {type(exc).__name__}: {exc}", float("inf"), 0.0)]
         for c in checks:
+            c.section = section
             status = "PASS" if c.passed else "FAIL"
             print(f"{status}  {c.name:<32} max error {c.error:.3g} (tolerance {c.tolerance:g})"
                   f"{'  ' + c.detail if c.detail else ''}", file=out)
@@ -177,12 +181,30 @@ def run(golden_path: str, xxl: bool = False, out=sys.stdout) -> list[Check]:
     return results
 
 
+def write_report(results: list[Check], command: str, path: str | Path) -> None:
+    """The checks as a markdown table: the figures README quotes, written by the run that measured them."""
+    failed = sum(not c.passed for c in results)
+    lines = ["# Conformance with the official GST golden vectors", "",
+             f"`{command}` (torch {torch.__version__}, {torch.get_num_threads()} threads): "
+             f"{len(results) - failed} passed, {failed} failed.", "",
+             "| section | check | max error | tolerance | result |", "|---|---|---|---|---|"]
+    for c in results:
+        detail = f" ({c.detail})" if c.detail else ""
+        lines.append(f"| {c.section} | `{c.name}`{detail} | {c.error:.3g} | {c.tolerance:g} | "
+                     f"{'pass' if c.passed else '**FAIL**'} |")
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("golden", help="path to official_golden.npz")
     parser.add_argument("--xxl", action="store_true", help="also check the 1.4B GPT-XXL (~6 GB RAM, minutes)")
+    parser.add_argument("--report", help="also write the results to this markdown file")
     args = parser.parse_args(argv)
     results = run(args.golden, xxl=args.xxl)
+    if args.report:
+        command = f"python -m gst_model.conformance {args.golden}" + (" --xxl" if args.xxl else "")
+        write_report(results, command, args.report)
     return 0 if all(c.passed for c in results) else 1
 
 
