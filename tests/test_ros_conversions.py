@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import py_compile
 import threading
 import time
 from pathlib import Path
@@ -334,16 +333,12 @@ def test_compile_warms_up_at_configure_with_the_nodes_sample_count(ros_context, 
 
 
 # ------------------------------------------------------------------------------------ launch
-def test_launch_file_compiles():
-    py_compile.compile(str(REPO_ROOT / "launch" / "localize.launch.py"), doraise=True)
-
-
 def test_launch_description():
     try:
         import launch_ros  # noqa: F401
     except ImportError:
         pytest.skip("launch/launch_ros are not installable from the package registries (ROS_PIP_NOTES.md); "
-                    "the launch file is only compiled here")
+                    "tests/test_launch.py evaluates the file with stand-ins")
     import importlib.util
     from launch import LaunchDescription
 
