@@ -80,8 +80,11 @@ def read_sensors(path: Path) -> dict[str, Camera | None]:
         if len(numbers) != 2 + _PARAM_COUNTS[model]:
             raise ValueError(f"{path}: camera {sensor_id!r} ({model}) needs w, h and {_PARAM_COUNTS[model]} "
                              f"parameters, got {len(numbers)} values")
-        width, height = (int(float(x)) for x in numbers[:2])
-        cameras[sensor_id] = Camera(index, model, width, height, np.array(numbers[2:], dtype=np.float64))
+        try:
+            values = [float(x) for x in numbers]
+        except ValueError as exc:
+            raise ValueError(f"{path}: camera {sensor_id!r}: {exc}") from exc
+        cameras[sensor_id] = Camera(index, model, int(values[0]), int(values[1]), np.array(values[2:]))
     return cameras
 
 
