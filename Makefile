@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.gst_setup_done
 SHELL  := /bin/bash
 
-.PHONY: setup test test-fast demo conformance bench soak clean
+.PHONY: setup test test-fast demo conformance bench soak real-data eval-real clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,15 @@ bench: setup
 # malformed inputs, SIGINT with queued requests, lifecycle under load, kill -9, image QoS, 60 s flood (~6 min)
 soak: setup
 	$(PY) -m gst_ros.tools.reliability --out bench/reliability.md
+
+# small real posed samples from PyPI (kapture's sdist, scikit-image's wheel) into $$GST_REAL_DATA or
+# ~/.cache/gst_ros/real, checksummed; never part of `make test` (the tests that need them skip without)
+real-data: setup
+	$(PY) -m gst_model.data.real_samples
+
+# the shipped model on the real pairs, next to identity and SIFT + essential matrix (docs/real_eval/report.md)
+eval-real: real-data
+	$(PY) -m training.evaluate_real --out docs/real_eval
 
 clean:
 	rm -rf build demo_output .pytest_cache
