@@ -44,8 +44,11 @@ class PoseEstimate:
     c2w: np.ndarray  # (4,4) pose of camera b in camera a's optical frame
     samples: np.ndarray  # (N,4,4) every sampled pose
     covariance: np.ndarray  # (6,6) x,y,z,rx,ry,rz (ROS PoseWithCovariance order)
-    consistency: float  # fraction of samples agreeing with the estimate (within inlier_deg)
-    rotation_spread_deg: float  # RMS rotation of agreeing samples around the estimate
+    # probability that the rotation is within inlier_deg: likelihood-weighted share of the samples there
+    # (gst_model.pose_samples; calibrated on held-out synthetic pairs, see README "Uncertainty")
+    confidence: float
+    consistency: float  # fraction of samples within inlier_deg of the estimate
+    rotation_spread_deg: float  # RMS rotation of the samples averaged into the estimate around it
     residual: float  # mean ray-fit residual of the decoded camera maps (lower = cleaner rays)
     sample_residuals: np.ndarray = field(repr=False, default=None)  # (N,)
     intrinsics: np.ndarray = field(repr=False, default=None)  # (N,3,3) at the model's ray-map size
@@ -230,13 +233,12 @@ class GSTPipeline:
             log_likelihoods = self._view_log_likelihoods(codes[:1], codes[1:], hypotheses, K_rays)
             anchor = int(np.argmax(log_likelihoods))
         source = "classical" if anchor == n else "gst"
-        if source == "classical":
-            summary = summarize(np.concatenate([samples, two_view.c2w[None]]), inlier_deg=self.inlier_deg,
-                                anchor=n)
-            summary.c2w = two_view.c2w  # exact two-view geometry: averaging in coarser samples would blur it
-        else:
-            summary = summarize(samples, inlier_deg=self.inlier_deg, anchor=anchor)
+        # The classical pose, when it wins, is the estimate as it is (exact two-view geometry: averaging in
+        # coarser samples would blur it); the samples still give its covariance and confidence.
+        summary = summarize(hypotheses.numpy(), inlier_deg=self.inlier_deg, anchor=anchor,
+                            log_likelihoods=log_likelihoods, exact_anchor=source == "classical")
         return PoseEstimate(c2w=summary.c2w, samples=samples, covariance=summary.covariance,
+                            confidence=summary.confidence,
                             consistency=summary.consistency, rotation_spread_deg=summary.rotation_spread_deg,
                             residual=float(fit.residual.mean()), sample_residuals=fit.residual.numpy(),
                             intrinsics=fit.K.numpy(),

@@ -1,0 +1,117 @@
+"""Pose uncertainty (gst_model.pose_samples) and hybrid hypotheses (GSTPipeline.estimate_pose(hybrid=True))."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from transforms3d.axangles import axangle2mat
+
+from gst_model import GSTPipeline, classical
+from gst_model.data.cameras import relative_pose
+from gst_model.data.synthetic import random_scene, render, sample_pair
+from gst_model.geometry import rotation_angle_deg
+from gst_model.pose_samples import CONFIDENCE_TEMPERATURE, COVARIANCE_SCALE, rotation_log, summarize
+
+
+def _pose(axis, deg, t=(0.0, 0.0, 0.0)):
+    T = np.eye(4)
+    T[:3, :3] = axangle2mat(axis, np.radians(deg))
+    T[:3, 3] = t
+    return T
+
+
+def test_covariance_is_the_scaled_spread_of_every_sample_around_the_estimate():
+    rng = np.random.default_rng(0)
+    samples = np.stack([_pose(rng.normal(size=3), d, rng.normal(scale=0.3, size=3)) for d in (2, 4, 3, 60, 90)])
+    s = summarize(samples, inlier_deg=15.0, anchor=0)
+    assert s.inliers.tolist() == [True, True, True, False, False]
+    dev = np.concatenate([samples[:, :3, 3] - s.c2w[:3, 3], rotation_log(s.c2w[:3, :3].T @ samples[:, :3, :3])], 1)
+    np.testing.assert_allclose(s.covariance, COVARIANCE_SCALE * dev.T @ dev / 5 + 1e-6 * np.eye(6), atol=1e-12)
+    # the two far samples are in it: an inlier-only covariance would claim a few degrees
+    assert math.degrees(math.sqrt(np.linalg.eigvalsh(s.covariance[3:, 3:]).max())) > 40
+
+
+def test_consistency_is_agreement_with_the_estimate_not_with_the_anchor():
+    # anchor at 0 deg; five samples at +12 deg and one at -14 deg about y: all within 15 deg of the anchor,
+    # but the estimate (their mean, ~+8 deg) is 22 deg from the -14 deg sample
+    samples = np.stack([_pose([0, 1, 0], d) for d in (0, 12, 12, 12, 12, 12, -14)])
+    s = summarize(samples, inlier_deg=15.0, anchor=0)
+    assert s.inliers.all()
+    angles = rotation_angle_deg(s.c2w[None], samples)
+    assert angles[-1] > 15 and (angles[:-1] <= 15).all()
+    assert s.consistency == pytest.approx(6 / 7) and s.confidence == pytest.approx(6 / 7)  # no likelihoods
+
+
+def test_confidence_is_the_tempered_likelihood_mass_near_the_estimate():
+    samples = np.stack([_pose([0, 1, 0], d) for d in (0, 3, 5, 70, 80)])
+    ll = np.array([-100.0, -104.0, -101.0, -102.0, -99.0])
+    s = summarize(samples, inlier_deg=15.0, anchor=0, log_likelihoods=ll)
+    w = np.exp(ll / CONFIDENCE_TEMPERATURE)
+    assert s.confidence == pytest.approx(w[:3].sum() / w.sum())
+    # the same samples, with the likelihood piled on the far ones: low confidence
+    low = summarize(samples, inlier_deg=15.0, anchor=0, log_likelihoods=np.array([-100, -120, -120, -80, -80.0]))
+    assert low.confidence < 0.01 and low.consistency == s.consistency
+
+
+def test_an_exact_anchor_is_the_estimate_itself():
+    samples = np.stack([_pose([1, 0, 0], d, (0.1 * d, 0, 0)) for d in (0, 4, 8)])
+    s = summarize(samples, anchor=2, exact_anchor=True)
+    np.testing.assert_array_equal(s.c2w, samples[2])
+    assert not np.allclose(summarize(samples, anchor=2).c2w, samples[2])
+
+
+# ------------------------------------------------------------------------------------ hybrid
+@pytest.fixture(scope="module")
+def textured_pair():
+    """A 320x240 pair of a synthetic room, 90 degree horizontal fov, where SIFT finds enough matches."""
+    rng = np.random.default_rng(1)
+    scene = random_scene(rng)
+    c2w, _ = sample_pair(scene, rng, rot_range_deg=(10, 30))
+    f = 160.0 / math.tan(math.radians(45))
+    K = np.array([[f, 0, 160.0], [0, f, 120.0], [0, 0, 1]])
+    images = [render(scene, T, K, 240, 320, supersample=1) for T in c2w]
+    return images, K, relative_pose(c2w[0], c2w[1])
+
+
+@pytest.mark.skipif(classical.OPENCV_ERROR is not None, reason=str(classical.OPENCV_ERROR))
+def test_classical_hypothesis_joins_the_samples_and_can_win(textured_pair, monkeypatch):
+    (a, b), K, truth = textured_pair
+    pipe = GSTPipeline.from_pretrained("tiny")
+    seen, scores = [], {}
+    monkeypatch.setattr(pipe.runtime, "segment_log_likelihood",
+                        lambda seqs: seen.append(seqs) or scores["next"][: len(seqs)])
+    n = 4
+    scores["next"] = torch.tensor([-9.0, -8.0, -7.0, -6.0, -1.0])  # the classical hypothesis (last) scores best
+    est = pipe.estimate_pose(a, b, num_samples=n, seed=0, K_a=K, K_b=K, hybrid=True)
+    two_view = classical.essential_matrix_pose(a, b, K, K)
+    assert two_view.inliers >= 15 and rotation_angle_deg(two_view.c2w, truth) < 2.0  # the premise
+    assert len(seen[0]) == n + 1 and est.source == "classical" and est.classical_log_likelihood == -1.0
+    np.testing.assert_allclose(est.sample_log_likelihoods, [-9, -8, -7, -6])
+    assert rotation_angle_deg(est.c2w, truth) < 2.0
+    np.testing.assert_allclose(est.c2w[:3, :3], two_view.c2w[:3, :3], atol=1e-9)
+    # translation: the matches' direction, the samples' median length
+    length = np.median(np.linalg.norm(est.samples[:, :3, 3], axis=1))
+    np.testing.assert_allclose(est.c2w[:3, 3], two_view.c2w[:3, 3] * length, atol=1e-9)
+    assert 0.0 < est.confidence <= 1.0 and np.all(np.linalg.eigvalsh(est.covariance) > 0)
+
+    scores["next"] = torch.tensor([-9.0, -1.0, -7.0, -6.0, -8.0])  # a sample scores best
+    est = pipe.estimate_pose(a, b, num_samples=n, seed=0, K_a=K, K_b=K, hybrid=True)
+    assert est.source == "gst" and est.classical.inliers >= 15
+    expected = summarize(np.concatenate([est.samples, est.classical.c2w[None]]), anchor=1,
+                         log_likelihoods=np.array([-9.0, -1, -7, -6, -8]))
+    np.testing.assert_allclose(est.c2w, expected.c2w)
+    assert est.confidence == pytest.approx(expected.confidence)
+
+    # too few inliers for the threshold: the classical estimate does not join, nothing extra is scored
+    seen.clear()
+    est = pipe.estimate_pose(a, b, num_samples=n, seed=0, K_a=K, K_b=K, hybrid=True,
+                             hybrid_min_inliers=two_view.inliers + 1)
+    assert est.classical.c2w is None and est.classical.reason.startswith("too few") and len(seen[0]) == n
+    assert est.source == "gst" and est.classical_log_likelihood is None
+
+
+def test_hybrid_needs_the_likelihood():
+    pipe = GSTPipeline.from_pretrained("tiny")
+    image = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(ValueError, match="hybrid hypotheses are chosen by the likelihood"):
+        pipe.estimate_pose(image, image, num_samples=2, selection="consensus", hybrid=True)
