@@ -232,6 +232,36 @@ def test_kapture_errors(tmp_path):
         kapture.read_kapture(tmp_path)
 
 
+def test_registry_reads_every_sequence_of_the_new_formats(tmp_path):
+    from gst_model.data import registry
+
+    for name in ("rgbd_dataset_freiburg1_xyz", "rgbd_dataset_freiburg2_desk"):
+        _write_tum(tmp_path / "tum" / name, [1.0, 1.01, 1.02], _poses(3), [1.0, 1.02])
+    for scene in ("chess", "stairs"):
+        for seq in ("seq-01", "seq-02"):
+            folder = tmp_path / "7scenes" / scene / seq
+            folder.mkdir(parents=True)
+            _write_7scenes_pose(folder / "frame-000000.pose.txt", np.eye(4))
+            Image.fromarray(_noise_image(480, 640, 0)).save(folder / "frame-000000.color.png")
+    for name in ("a", "b/c"):
+        sensors = tmp_path / "kapture" / name / "sensors"
+        sensors.mkdir(parents=True)
+        (sensors / "sensors.txt").write_text("# kapture format: 1.1\ncam, , camera, PINHOLE, 64, 48, 70, 70, 32, 24\n")
+        (sensors / "trajectories.txt").write_text("# kapture format: 1.1\n0, cam, 1, 0, 0, 0, 0, 0, 0\n")
+        (sensors / "records_camera.txt").write_text("# kapture format: 1.1\n0, cam, x.jpg\n")
+    expected = {"tum": ["rgbd_dataset_freiburg1_xyz", "rgbd_dataset_freiburg2_desk"],
+                "7scenes": ["chess/seq-01", "chess/seq-02", "stairs/seq-01", "stairs/seq-02"],
+                "kapture": ["a", "b/c"]}
+    for name, names in expected.items():
+        got = []
+        for split in ("train", "val", "test"):
+            try:
+                got += [s.name for s in registry.read_split(f"{name}:{tmp_path / name}", split)]
+            except FileNotFoundError:  # a split that no scene name hashes into
+                pass
+        assert sorted(got) == names, name
+
+
 # ---------------------------------------------------------------------------------------------
 # ROS bags, written with rosbags' own writers
 

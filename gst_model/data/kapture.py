@@ -156,3 +156,12 @@ def read_kapture(root: Path, sensor_ids: list[str] | None = None, name: str | No
                           {"timestamp": ts, "sensor_id": sensor_id, "model": camera.model,
                            "distortion": camera.distortion}))
     return Scene(name or root.name, views, "kapture")
+
+
+def read_kapture_root(path: Path) -> list[Scene]:
+    """The kapture folder `path`, or every kapture folder below it (named by their path under `path`)."""
+    path = Path(path)
+    if (path / "sensors" / "records_camera.txt").is_file():
+        return [read_kapture(path)]
+    roots = sorted(p.parent.parent for p in path.rglob("sensors/records_camera.txt"))
+    return [read_kapture(r, name=r.relative_to(path).as_posix()) for r in roots]

@@ -10,6 +10,9 @@ co3d                       CO3D v2: PATH is the dataset root (every `<category>/
                            under it) or one category directory; scenes are named `<category>/<sequence>`
 mvimgnet                   every `<category>/<object>/sparse/0` COLMAP model under PATH
 objaverse                  Zero-1-to-3 renders: every `<uid>/` of NNN.png + NNN.npy under PATH
+7scenes                    every `<scene>/seq-XX` under a 7-Scenes root (or one scene folder), one scene each
+tum                        every TUM RGB-D sequence folder under PATH (or PATH itself)
+kapture                    every kapture folder (`sensors/records_camera.txt` + poses) under PATH
 
 Splits: RealEstate10K-layout data carry theirs as directories. The other datasets have none that this
 package reads, so their scenes are split by name (`split_by_name`): a hash of the scene name puts each
@@ -28,6 +31,8 @@ from typing import Callable
 
 from gst_model.data.colmap import read_mvimgnet_root
 from gst_model.data.formats import Scene, read_co3d_category, read_re10k_split, read_zero123_root
+from gst_model.data.kapture import read_kapture_root
+from gst_model.data.rgbd import read_7scenes_root, read_tum_root
 from gst_model.data.make_synthetic import SPLITS
 
 Reader = Callable[[Path, str], list[Scene]]
@@ -74,6 +79,9 @@ READERS: dict[str, Reader] = {
     "co3d": split_by_name(read_co3d),
     "mvimgnet": split_by_name(read_mvimgnet_root),
     "objaverse": split_by_name(read_zero123_root),
+    "7scenes": split_by_name(read_7scenes_root),  # its relocalisation Train/TestSplit is not used
+    "tum": split_by_name(read_tum_root),
+    "kapture": split_by_name(read_kapture_root),
 }
 DEFAULT_READER = "realestate10k"  # for a spec without NAME:
 

@@ -132,6 +132,14 @@ def read_7scenes_scene(scene_dir: Path, split: str | None = None, K: np.ndarray 
     return sequences
 
 
+def read_7scenes_root(path: Path) -> list[Scene]:
+    """Every sequence of every scene under a 7-Scenes root (or of one scene folder), named `<scene>/seq-XX`."""
+    path = Path(path)
+    scene_dirs = [path] if any(path.glob("seq-*/frame-*.pose.txt")) else \
+        sorted(p for p in path.iterdir() if p.is_dir() and any(p.glob("seq-*/frame-*.pose.txt")))
+    return [seq for scene_dir in scene_dirs for seq in read_7scenes_scene(scene_dir)]
+
+
 # ---------------------------------------------------------------------------------------------
 # TUM RGB-D
 
@@ -218,3 +226,12 @@ def read_tum_sequence(seq_dir: Path, max_difference: float = TUM_MAX_DIFFERENCE,
                           {"timestamp": t, "groundtruth_timestamp": float(times[k]), "distortion": dist,
                            "calibration": calibration}))
     return Scene(seq_dir.name, views, "tum")
+
+
+def read_tum_root(path: Path, max_difference: float = TUM_MAX_DIFFERENCE) -> list[Scene]:
+    """Every TUM RGB-D sequence under `path` (folders holding groundtruth.txt and rgb.txt), or `path` itself."""
+    path = Path(path)
+    if (path / "groundtruth.txt").is_file():
+        return [read_tum_sequence(path, max_difference)]
+    return [read_tum_sequence(p.parent, max_difference) for p in sorted(path.glob("*/groundtruth.txt"))
+            if (p.parent / "rgb.txt").is_file()]
