@@ -106,6 +106,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="pair choice and sampling seed")
     p.add_argument("--grid-pairs", type=int, default=6, help="pairs shown in views.png")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    p.add_argument("--device", default="cpu", help="torch device of the model, e.g. cuda")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
     args = p.parse_args(argv)
     if args.num_samples < 1 or args.mean_view_samples < 0 or args.max_pairs_per_scene < 1 or args.max_side < 64:
@@ -395,7 +396,7 @@ def _run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     scenes = [parse_scene(s) for s in args.scene] if args.scene else real_samples.evaluation_scenes(args.cache)
-    pipe = GSTPipeline.from_pretrained(args.model)
+    pipe = GSTPipeline.from_pretrained(args.model, device=args.device)
     lpips_net, lpips_note = _load_lpips(args.no_lpips)
     summary, records, figures = evaluate(pipe, scenes, args, lpips_net)
     fails = {}
