@@ -7,7 +7,6 @@ LatestWorker; a subclass adds its own job:
   _configure()        its state and entities, as (destroy function, entity) pairs
   _on_frame(msg)      what it does with an image whose header passed the checks (executor thread)
   _process(item)      what the worker does with a submitted item
-  _on_camera_info()   what it makes of camera_info
   _diagnostics()      its DiagnosticArray (built from _snapshot())
   _warm_up_shapes()   the GSTPipeline.warm_up arguments for its work (compile: true)
 
@@ -15,6 +14,10 @@ Services are created with `_create_service`: a request is refused with a reason 
 active or is shutting down, and `idle_s()` tells the runner's shutdown when the request queues are empty,
 so every queued caller gets an answer (success=false, "node is shutting down") before the node goes.
 Errors are counted on /diagnostics and logged throttled per kind (worker.ErrorThrottle).
+
+With use_camera_info, camera_info gives both nodes the camera's intrinsics (`_intrinsics`): the rectified
+camera matrix (P, else K) for images of the size it describes. The nodes expect rectified images
+(image_rect from image_proc); a non-zero distortion D is warned about once, not applied.
 """
 from __future__ import annotations
 
@@ -66,6 +69,8 @@ class GstNode(LifecycleNode):
         self._latest = None  # latest Image message whose header passed the checks
         self._lost = 0  # frames the middleware reported lost (message_lost events)
         self._min_side = min_input_side(self._pipeline.view.image_size)
+        self._camera = None  # (K, (width, height), distorted) from camera_info
+        self._distortion_warned = False
         # the subclass first, so its state exists before any callback below can run;
         # (destroy function, entity) pairs so cleanup can undo configure exactly
         self._entities = self._configure()
@@ -173,14 +178,46 @@ class GstNode(LifecycleNode):
     def _on_frame(self, msg: Image) -> None:
         pass
 
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        try:
+            camera = conv.camera_intrinsics(msg)
+        except ValueError as exc:
+            self._error(f"camera_info: {exc}")
+            return
+        if camera[2] and not self._distortion_warned:
+            self._distortion_warned = True
+            self.get_logger().warning("camera_info has a non-zero distortion D: the node expects rectified images "
+                                      "(remap image to image_rect from image_proc) and uses P as their intrinsics")
+        self._camera = camera
+
+    def _intrinsics(self, width: int, height: int):
+        """The camera's intrinsics for an image of this size; None without camera_info or for another size
+        (the image is then centre-cropped as if it had the model's field of view)."""
+        camera = self._camera
+        return camera[0] if camera is not None and camera[1] == (int(width), int(height)) else None
+
+    def _camera_status(self) -> tuple[dict, str]:
+        """Diagnostics values about the intrinsics the latest image gets, and a warning or ''."""
+        camera, latest = self._camera, self._latest
+        if camera is None:
+            return {"intrinsics": "none (centre crop)"}, ""
+        K, (w, h), distorted = camera
+        values = {"intrinsics": f"camera_info {w}x{h}", "camera_fovy_deg": conv.fovy_deg(K, h),
+                  "camera_distortion": "non-zero D (expects image_rect)" if distorted else "none"}
+        if latest is not None and (latest.width, latest.height) != (w, h):
+            return values, (f"camera_info is {w}x{h} but images are {latest.width}x{latest.height}: "
+                            "its intrinsics are not used")
+        return values, ""
+
     def _to_rgb(self, msg: Image):
         """An Image (topic or request) as RGB(A) uint8 under the node's size limits; ValueError if bad."""
         return conv.image_to_numpy(msg, param(self, "max_image_pixels"), self._min_side)
 
     def _on_incompatible_qos(self, info) -> None:
+        policy = str(getattr(info.last_policy_kind, "name", info.last_policy_kind)).replace("RMW_QOS_POLICY_", "")
         self._error(f"an image publisher on {self.resolve_topic_name('image')} offers a QoS incompatible with "
-                    f"qos_reliability={param(self, 'qos_reliability')} (policy id {info.last_policy_kind}): no "
-                    "frames arrive from it; set qos_reliability to match the publisher (best_effort receives any)")
+                    f"qos_reliability={param(self, 'qos_reliability')} (policy {policy.lower()}): no frames arrive "
+                    "from it; set qos_reliability to match the publisher (best_effort receives any)")
 
     def _on_message_lost(self, info) -> None:
         self._lost = int(info.total_count)

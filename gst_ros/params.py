@@ -52,8 +52,11 @@ MODEL_PARAMS = (
     ParamSpec("max_samples", 32, "largest num_samples a request may ask for", 1, 256),
     ParamSpec("max_image_pixels", MAX_IMAGE_PIXELS, "larger input images are rejected (width*height)",
               1, 1 << 30),
-    ParamSpec("qos_reliability", "best_effort", "reliability of the image subscription(s) "
-              "(best_effort = sensor-data QoS)", choices=("best_effort", "reliable"), configure_only=True),
+    ParamSpec("qos_reliability", "reliable", "reliability of the image subscription(s): reliable (with depth 1: "
+              "the newest frame, whole) receives every reliable publisher; best_effort also receives best-effort "
+              "(sensor-data) publishers, but frames over ~500 KB are mostly lost unless the publisher has a large "
+              "shared-memory segment (config/fastdds_large_images.xml; measured in bench/reliability.md)",
+              choices=("best_effort", "reliable"), configure_only=True),
     ParamSpec("qos_depth", 1, "history depth of the image subscription(s)", 1, 1000, configure_only=True),
     ParamSpec("use_camera_info", True, "subscribe to camera_info for the camera's intrinsics",
               configure_only=True),

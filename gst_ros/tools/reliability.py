@@ -262,6 +262,14 @@ def matrix(client: Client, proc: NodeProcess, rows: list[Row]) -> None:
                                           if int(d.get("errors", 0)) > before], 10.0)
         answer = diag[-1]["last_error"] if diag else "no error counted within 10 s"
         add(f"camera_info: {case}", f"…{why}…", answer, bool(diag) and why in answer)
+    # a best-effort (sensor-data) publisher and the default reliable subscription: no frames, said so
+    before = int(client.latest_diag("/localize").get("errors", 0))
+    sensor_pub = client.image_publisher("best_effort", 1)
+    diag = client.spin_until(lambda: [d for d in client.diag.get("/localize", []) if int(d.get("errors", 0)) > before
+                                      and "incompatible" in d.get("last_error", "")], 10.0)
+    client.node.destroy_publisher(sensor_pub)
+    answer = diag[-1]["last_error"] if diag else "no error counted within 10 s"
+    add("a best-effort image publisher (subscription reliable)", "…offers a QoS incompatible…", answer, bool(diag))
     # good frames of other encodings are accepted: the first becomes the reference, the next gets an estimate
     for case, msg in (("mono8 64x48 (accepted)", image_msg(test_image(seed=3)[:, :, 0], "mono8", 10**9)),
                       ("bgra8 64x48 (accepted)", image_msg(np.dstack([test_image(seed=4), np.full((48, 64), 255,
@@ -481,22 +489,36 @@ def kill_and_restart(domain_id: int, tmp: Path, rows: list[Row]) -> None:
 
 
 # ------------------------------------------------------------------------------------------- qos
-def qos_delivery(domain_id: int, tmp: Path, rows: list[Row], model: str, seconds: float = 6.0) -> None:
-    """Share of 640x480 rgb8 frames that reach localize (its `received` count), per QoS and rate; the node
+LARGE_IMAGES_PROFILE = REPO / "config" / "fastdds_large_images.xml"
+QOS_SETTINGS = (("best_effort", 1, False), ("reliable", 1, False), ("reliable", 5, False), ("best_effort", 1, True))
+
+
+def qos_delivery(domain_id: int, tmp: Path, rows: list[Row], model: str, seconds: float = 6.0,
+                 settings=QOS_SETTINGS) -> None:
+    """Share of 640x480 rgb8 frames that reach localize (its `received` count), per subscription reliability and
+    depth, with or without config/fastdds_large_images.xml (both sides), publisher reliability and rate; the node
     runs its model on what arrives, as in use."""
     frame = image_msg(test_image(480, 640, 7))
-    settings = [("best_effort", 1), ("reliable", 1), ("reliable", 5)]
-    for sub_rel, depth in settings:
+    for sub_rel, depth, profile in settings:
+        saved = os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE")
+        if profile:  # read when a participant is created: the client's below and the node's
+            os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(LARGE_IMAGES_PROFILE)
         client = Client(domain_id)
-        proc = NodeProcess(domain_id, tmp / f"qos_{sub_rel}_{depth}.log", "--nodes", "localize",
+        proc = NodeProcess(domain_id, tmp / f"qos_{sub_rel}_{depth}_{profile}.log", "--nodes", "localize",
                            "--param", f"qos_reliability:={sub_rel}", "--param", f"qos_depth:={depth}",
                            *(["--param", f"model_path:={model}"] if model else []))
+        if saved is None:
+            os.environ.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
+        else:
+            os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = saved
+        label = f"sub {sub_rel} depth {depth}" + (", fastdds_large_images.xml" if profile else "")
         try:
             if not client.wait_ready([client.estimate_pose], proc):
-                rows.append(Row("qos", f"subscription {sub_rel}, depth {depth}", "node starts", proc.text()[-300:],
-                                False))
+                rows.append(Row("qos", label, "node starts", proc.text()[-300:], False))
                 continue
             for pub_rel in ("reliable", "best_effort"):
+                if profile and pub_rel != sub_rel:
+                    continue
                 pub = client.image_publisher(pub_rel, 10 if pub_rel == "reliable" else 1)
                 client.spin_until(lambda: pub.get_subscription_count() > 0, 5.0)
                 for rate in (10, 30, 100):
@@ -512,10 +534,11 @@ def qos_delivery(domain_id: int, tmp: Path, rows: list[Row], model: str, seconds
                     after = client.latest_diag("/localize")
                     got = int(after.get("received", 0)) - int(before.get("received", 0))
                     lost = int(after.get("lost_frames", 0)) - int(before.get("lost_frames", 0))
-                    rows.append(Row("qos", f"sub {sub_rel} depth {depth}, pub {pub_rel}, {rate} Hz",
+                    rows.append(Row("qos", f"{label}, pub {pub_rel}, {rate} Hz",
                                     "(measurement)", f"{got}/{sent} frames received ({got / sent:.0%}); "
                                     f"middleware-reported lost {lost}", True,
-                                    {"sub": sub_rel, "depth": depth, "pub": pub_rel, "rate": rate, "sent": sent,
+                                    {"sub": sub_rel, "depth": depth, "profile": profile, "pub": pub_rel,
+                                     "rate": rate, "sent": sent,
                                      "received": got, "lost_reported": lost}))
                 client.node.destroy_publisher(pub)
         finally:
