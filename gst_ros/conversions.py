@@ -75,7 +75,8 @@ def check_image_msg(msg: Image, max_pixels: int = MAX_IMAGE_PIXELS, min_side: in
         raise ValueError(f"image too large: {w}x{h} = {h * w} pixels > max_image_pixels={max_pixels}")
     depth = 2 if enc in ENCODINGS_16 else 1
     if step < w * channels * depth:
-        raise ValueError(f"step {step} < width*channels*bytes = {w}*{channels}*{depth} for {enc}")
+        per_pixel = f"{w}*{channels}" + ("*2 bytes" if depth == 2 else "")
+        raise ValueError(f"step {step} < width*channels = {per_pixel} for {enc}")
     if len(msg.data) != step * h:  # shorter: truncated; longer: a layout the header does not describe
         raise ValueError(f"image data has {len(msg.data)} bytes, expected step*height = {step}*{h} = {step * h}")
     return channels
@@ -216,16 +217,6 @@ def pose_with_covariance(T: np.ndarray, cov: np.ndarray) -> PoseWithCovariance:
     msg.pose = matrix_to_pose(T)
     msg.covariance = covariance_to_list(cov)
     return msg
-
-
-def camera_info_to_k(info: CameraInfo) -> np.ndarray:
-    """CameraInfo.k -> 3x3 float64 pinhole matrix (finite, positive focal lengths, else ValueError)."""
-    K = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
-    if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise ValueError(f"camera_info K must be finite with positive focal lengths, got {K.tolist()}")
-    if info.width == 0 or info.height == 0:
-        raise ValueError(f"camera_info has an empty image size {info.width}x{info.height}")
-    return K
 
 
 def camera_intrinsics(info: CameraInfo) -> tuple[np.ndarray, tuple[int, int], bool]:

@@ -18,8 +18,11 @@ time, so reusing the driver's optical frame as child would give it a second TF p
 compared with which, re-keying, and the chaining of keyframes into the reference frame are
 gst_ros.keyframes.Localizer's, shared with the offline replay (gst_ros.tools.replay).
 The image callback checks the header and hands the message to one worker thread (latest frame wins);
-conversion and the model run there. Camera intrinsics are not an input of GSTPipeline.estimate_pose, so camera_info
-is only compared against the model's field of view and reported on /diagnostics.
+conversion and the model run there. With use_camera_info, images of the size camera_info describes are
+given to GSTPipeline.estimate_pose with the camera's intrinsics (resampled to the model's own camera, so
+poses are in the real camera's optical frame); the estimate_pose service does the same for its images.
+Every estimate carries a confidence (the probability that its rotation is within 15 degrees); below
+min_confidence the PoseEstimate says low_confidence and /diagnostics reports WARN.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import time
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import PoseWithCovarianceStamped, TransformStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
 from diagnostic_msgs.msg import DiagnosticArray
@@ -41,7 +44,6 @@ from gst_ros.msg import PoseEstimate
 from gst_ros.srv import EstimatePose, SetReference
 
 PARAMS = params.LOCALIZE_PARAMS
-FOV_WARN_DEG = 5.0  # camera vs model field of view mismatch worth a diagnostics warning
 
 
 class LocalizeNode(GstNode):
@@ -54,7 +56,8 @@ class LocalizeNode(GstNode):
 
     def _configure(self) -> list:
         self._localizer = Localizer()
-        self._camera_fov = None
+        self._last_confidence = None  # of the latest published estimate
+        self._low_confidence = 0  # estimates published with low_confidence
         model_group = MutuallyExclusiveCallbackGroup()
         self._tf_pub = self.create_lifecycle_publisher(TFMessage, "/tf", 100)
         self._pose_pub = self.create_lifecycle_publisher(PoseWithCovarianceStamped, "~/pose", 10)
@@ -74,12 +77,6 @@ class LocalizeNode(GstNode):
         if self._active:
             self._worker.submit((msg, time.monotonic()))
 
-    def _on_camera_info(self, msg: CameraInfo) -> None:
-        try:
-            self._camera_fov = conv.fovy_deg(conv.camera_info_to_k(msg), msg.height)
-        except ValueError as exc:
-            self._error(f"camera_info: {exc}")
-
     # ------------------------------------------------------------------------------ worker
     def _process(self, item) -> None:
         msg, received = item
@@ -98,6 +95,8 @@ class LocalizeNode(GstNode):
             return
         tf, pose, estimate = estimate_messages(out, msg.header.stamp, get)
         estimate.latency_ms = 1e3 * (time.monotonic() - received)
+        self._last_confidence = estimate.confidence
+        self._low_confidence += estimate.low_confidence
         if param(self, "publish_tf"):
             self._tf_pub.publish(tf)
         self._pose_pub.publish(pose)
@@ -109,8 +108,9 @@ class LocalizeNode(GstNode):
 
     def _estimate(self, image_a, image_b, num_samples: int | None = None, seed: int | None = None):
         """The pipeline's estimate with the node's parameters (None: the parameter's value)."""
+        K_a, K_b = (self._intrinsics(im.shape[1], im.shape[0]) for im in (image_a, image_b))
         with self._model_lock:
-            return self._pipeline.estimate_pose(image_a, image_b, **params.pose_kwargs(
+            return self._pipeline.estimate_pose(image_a, image_b, K_a=K_a, K_b=K_b, **params.pose_kwargs(
                 lambda name: param(self, name), num_samples=num_samples, seed=seed))
 
     # ----------------------------------------------------------------------------- services
@@ -155,13 +155,17 @@ class LocalizeNode(GstNode):
             warn = "inactive"
         elif keyframe is None:
             warn = "waiting for the first image"
-        fov = self._pipeline.view.fovy_deg if self._pipeline is not None else 0.0
-        if self._camera_fov is not None and abs(self._camera_fov - fov) > FOV_WARN_DEG:
-            warn = warn or f"camera fovy {self._camera_fov:.1f} deg differs from the model's {fov:.1f} deg"
+        camera, camera_warning = self._camera_status()
+        confidence, threshold = self._last_confidence, param(self, "min_confidence")
+        if confidence is not None and confidence < threshold:
+            warn = warn or (f"low confidence {confidence:.2f} < min_confidence {threshold:g}: the latest pose is "
+                            "likely wrong (images unlike the model's training data?)")
+        warn = warn or camera_warning
         extra = {"dropped_frames": self._worker.dropped if self._worker else 0,
                  "reference_id": keyframe.id if keyframe else 0, "rekeys": self._localizer.rekeys,
-                 "camera_fovy_deg": self._camera_fov if self._camera_fov is not None else "unknown",
-                 "model_fovy_deg": float(fov)}
+                 "confidence": confidence if confidence is not None else "none yet",
+                 "low_confidence_estimates": self._low_confidence, **camera,
+                 "model_fovy_deg": float(self._pipeline.view.fovy_deg) if self._pipeline is not None else "unknown"}
         return common.diagnostics(self, "pose estimation", snap, extra, warn)
 
 
@@ -176,7 +180,9 @@ def estimate_messages(out: Localized, stamp: Time, get) -> tuple[TFMessage, Pose
                                                 transform=conv.matrix_to_transform(out.pose))])
     ref_ns = out.keyframe.stamp_ns
     estimate = PoseEstimate(
-        header=header, child_frame_id=child, pose=pwc, consistency=float(est.consistency),
+        header=header, child_frame_id=child, pose=pwc, confidence=float(est.confidence),
+        low_confidence=bool(est.confidence < get("min_confidence")), source=est.source,
+        consistency=float(est.consistency),
         residual=float(est.residual), num_samples=len(est.samples), rotation_spread_deg=float(est.rotation_spread_deg),
         reference_stamp=Time(sec=ref_ns // 1_000_000_000, nanosec=ref_ns % 1_000_000_000),
         reference_id=out.keyframe.id)

@@ -58,8 +58,9 @@ MODEL_PARAMS = (
               "shared-memory segment (config/fastdds_large_images.xml; measured in bench/reliability.md)",
               choices=("best_effort", "reliable"), configure_only=True),
     ParamSpec("qos_depth", 1, "history depth of the image subscription(s)", 1, 1000, configure_only=True),
-    ParamSpec("use_camera_info", True, "subscribe to camera_info for the camera's intrinsics",
-              configure_only=True),
+    ParamSpec("use_camera_info", True, "subscribe to camera_info: images of its size go to the model with the "
+              "camera's intrinsics (P, else K; rectified images expected), predicted views come back at its "
+              "resolution", configure_only=True),
 )
 
 LOCALIZE_PARAMS = MODEL_PARAMS + (
@@ -67,6 +68,10 @@ LOCALIZE_PARAMS = MODEL_PARAMS + (
     ParamSpec("pose_selection", POSE_SELECTIONS[0], "how the samples become one pose: 'likelihood' = around the "
               "sample under which the image is most probable (one extra scoring pass), 'consensus' = around their "
               "rotation medoid", choices=POSE_SELECTIONS),
+    ParamSpec("hybrid", False, "add the classical estimate (SIFT + essential matrix on the full images) as one more "
+              "pose hypothesis when it has enough inliers; the model's likelihood chooses (needs OpenCV)"),
+    ParamSpec("min_confidence", 0.25, "estimates whose confidence (probability that the rotation is within 15 deg) "
+              "is below this are published with low_confidence and reported as WARN on /diagnostics", 0.0, 1.0),
     ParamSpec("reference_frame", "gst_reference_optical", "TF parent: optical frame of the reference image (the "
               "first frame or the one set by ~/set_reference; re-keying keeps it, chaining the keyframes)"),
     ParamSpec("camera_frame", "gst_camera_optical", "TF child: optical frame of the current camera"),
@@ -206,7 +211,7 @@ def sampling_kwargs(get: Callable[[str], object], seed: int | None = None, **ove
 def pose_kwargs(get: Callable[[str], object], num_samples: int | None = None, seed: int | None = None) -> dict:
     """GSTPipeline.estimate_pose arguments of the localize parameters: what the node and replay both call."""
     return {"num_samples": get("num_samples") if num_samples is None else num_samples,
-            "selection": get("pose_selection"), **sampling_kwargs(get, seed=seed)}
+            "selection": get("pose_selection"), "hybrid": get("hybrid"), **sampling_kwargs(get, seed=seed)}
 
 
 def rekey_policy(get: Callable[[str], object]) -> RekeyPolicy:

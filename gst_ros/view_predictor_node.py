@@ -12,9 +12,11 @@ Services    ~/predict_view (gst_ros/PredictView)
 The service runs in a mutually exclusive callback group of a MultiThreadedExecutor, so concurrent
 calls queue rather than race, while image callbacks keep running on other threads. Topic queries go
 to one worker thread that takes the newest query (a planner wants the answer to its latest question).
-Both share the pipeline under one lock. With camera_info and use_camera_info, the target view uses the
-camera's intrinsics mapped onto the model's square output (centre crop + resize, as the model input);
-otherwise the model's default field of view.
+Both share the pipeline under one lock. With camera_info and use_camera_info, an observation of the size
+camera_info describes is given with the camera's intrinsics (resampled to the model's own camera, so the
+target pose is in the real camera's optical frame) and the predicted images come back as that camera
+would see them, at its resolution (black where the model's field of view does not reach); otherwise the
+observation is centre-cropped and the images are the model's square views.
 """
 from __future__ import annotations
 
@@ -24,10 +26,9 @@ import time
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from gst_model.image import crop_resize_intrinsics
 from gst_ros import common, conversions as conv, params
 from gst_ros.common import param
 from gst_ros.lifecycle import GstNode
@@ -45,7 +46,6 @@ class ViewPredictorNode(GstNode):
         return {"view_samples": param(self, "num_samples")}
 
     def _configure(self) -> list:
-        self._camera_info = None
         model_group = MutuallyExclusiveCallbackGroup()
         self._image_pub = self.create_lifecycle_publisher(Image, "~/predicted_image", 10)
         return [
@@ -56,28 +56,18 @@ class ViewPredictorNode(GstNode):
         ]
 
     # ------------------------------------------------------------------------------ inputs
-    def _on_camera_info(self, msg: CameraInfo) -> None:
-        self._camera_info = msg
-
     def _on_query(self, msg: PoseStamped) -> None:
         if self._active:
             self._worker.submit((msg, time.monotonic()))
-
-    def _intrinsics(self, image_msg: Image):
-        """Camera K on the model's output grid, or None (model default) without usable camera_info."""
-        info = self._camera_info
-        if info is None or (info.width, info.height) != (image_msg.width, image_msg.height):
-            return None
-        K = conv.camera_info_to_k(info)
-        return crop_resize_intrinsics(K, info.height, info.width, self._pipeline.view.image_size)
 
     def _predict(self, image_msg: Image, target, num_samples: int, seed: int | None = None, **sampling):
         """Validated inputs -> list of predicted images (HxWx3 uint8; one, the mean, with prediction=mean);
         ValueError on a bad input."""
         rgb = self._to_rgb(image_msg)
         c2w = conv.pose_to_matrix(target, "target_pose")
-        K = self._intrinsics(image_msg)
-        kwargs = dict(num_samples=num_samples, K=K, **common.sampling_kwargs(self, seed=seed, **sampling))
+        K = self._intrinsics(image_msg.width, image_msg.height)
+        kwargs = dict(num_samples=num_samples, K_image=K, output_K=K,
+                      **common.sampling_kwargs(self, seed=seed, **sampling))
         with self._model_lock:
             if param(self, "prediction") == "mean":
                 return [self._pipeline.expected_view(rgb, c2w, **kwargs)]
@@ -133,6 +123,6 @@ class ViewPredictorNode(GstNode):
     def _diagnostics(self) -> DiagnosticArray:
         snap = self._snapshot()
         warn = "inactive" if not self._active else ("waiting for the first image" if self._latest is None else "")
-        extra = {"dropped_queries": self._worker.dropped if self._worker else 0,
-                 "camera_info": "yes" if self._camera_info is not None else "no"}
-        return common.diagnostics(self, "view prediction", snap, extra, warn)
+        camera, camera_warning = self._camera_status()
+        extra = {"dropped_queries": self._worker.dropped if self._worker else 0, **camera}
+        return common.diagnostics(self, "view prediction", snap, extra, warn or camera_warning)

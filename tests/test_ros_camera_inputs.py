@@ -47,7 +47,7 @@ def test_mono16_becomes_grey_rgb():
 def test_16_bit_layout_errors_name_the_bytes():
     msg = _wide_msg(np.zeros((4, 6, 3), np.uint16), "rgb16", bigendian=False)
     msg.step = 6 * 3  # the 8-bit step: too short for 16-bit data
-    with pytest.raises(ValueError, match=r"width\*channels\*bytes = 6\*3\*2"):
+    with pytest.raises(ValueError, match=r"width\*channels = 6\*3\*2 bytes"):
         conv.image_to_numpy(msg)
     with pytest.raises(ValueError, match="unsupported image encoding 'rgb16'"):  # outputs are 8-bit
         conv.numpy_to_image(np.zeros((4, 6, 3), np.uint8), "rgb16")

@@ -188,15 +188,15 @@ def test_covariance_helpers():
         conv.covariance_to_list(np.full((6, 6), np.nan))
 
 
-def test_camera_info_to_k():
+def test_camera_intrinsics_and_fov():
     info = CameraInfo(width=640, height=480, k=[500.0, 0, 320, 0, 500.0, 240, 0, 0, 1])
-    K = conv.camera_info_to_k(info)
+    K = conv.camera_intrinsics(info)[0]
     assert K.shape == (3, 3) and K[0, 0] == 500.0
     assert conv.fovy_deg(K, 480) == pytest.approx(2 * math.degrees(math.atan(240 / 500)))
     with pytest.raises(ValueError, match="positive focal"):
-        conv.camera_info_to_k(CameraInfo(width=640, height=480))  # all-zero K: no calibration
+        conv.camera_intrinsics(CameraInfo(width=640, height=480))  # all-zero K and P: no calibration
     with pytest.raises(ValueError, match="empty image size"):
-        conv.camera_info_to_k(CameraInfo(k=info.k))
+        conv.camera_intrinsics(CameraInfo(k=info.k))
 
 
 # ------------------------------------------------------------------------------------ worker
