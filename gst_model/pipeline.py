@@ -22,6 +22,7 @@ import torch
 from gst_model import classical, geometry
 from gst_model.classical import TwoViewResult
 from gst_model.checkpoint import BUNDLE_PRESETS, DEFAULT_MODEL_DIR, ModelBundle, build_bundle, load_bundle
+from gst_model.drafting import GeometricDrafter
 from gst_model.image import (implied_intrinsics, resample_to_camera, to_model_input, to_uint8, validate_image,
                              validate_intrinsics)
 from gst_model.pose_samples import summarize
@@ -35,8 +36,14 @@ MAX_SAMPLES = 256
 SPECULATIVE = False
 # How estimate_pose turns its samples into one pose (see estimate_pose).
 POSE_SELECTIONS = ("likelihood", "consensus")
-# RANSAC inliers the classical estimate needs to join the hypotheses (estimate_pose(hybrid=True)).
-HYBRID_MIN_INLIERS = 15
+# The classical hypothesis of estimate_pose(hybrid=True), chosen on the real sample pairs (README "Hybrid
+# hypotheses"): it joins with at least HYBRID_MIN_INLIERS RANSAC inliers (every estimate with >= 50 was within
+# 4 deg; with 16-24, 4 of 6 were 130-180 deg off), and its score gets HYBRID_PRIOR_NATS, the log prior odds of
+# that geometric support: the 64 px model's likelihood cannot tell a 1 deg pose from its 10-20 deg samples
+# on real images (it ranked the correct classical pose below its best sample on 9 of 10 pairs, by 1-20
+# nats), but it still vetoes a classical pose it finds far less likely.
+HYBRID_MIN_INLIERS = 50
+HYBRID_PRIOR_NATS = 20.0
 
 
 @dataclass
@@ -129,6 +136,19 @@ class GSTPipeline:
         return generate(self.runtime.decoder(), prompt, T, sampling, generator=self._generator(seed),
                         segment_ranges=[(T, id_range)], draft=draft, draft_len=self.draft_len)
 
+    def _camera_drafter(self, prior_c2w: np.ndarray | None) -> GeometricDrafter | None:
+        """Geometric drafts for speculative decoding (None when off). A given prior (e.g. a tracked camera's
+        previous estimate) is drafted as it is; without one the identity is refitted to every new grid row."""
+        if not self.speculative:
+            return None
+        prior = np.eye(4) if prior_c2w is None else np.asarray(prior_c2w, dtype=np.float64)
+        geometry.validate_rigid(torch.as_tensor(prior))
+        K_ray = torch.as_tensor(self.default_intrinsics())
+        K_ray[:2] *= self.view.ray_size / self.view.image_size
+        return GeometricDrafter(self.runtime, self.vocab.camera_offset, self.bundle.transformer.config.grid_size,
+                                self.view.ray_size, K_ray, torch.as_tensor(prior),
+                                estimate_intrinsics=self.estimate_intrinsics, refit_rows=0 if prior_c2w is not None else 1)
+
     def _image_codes(self, images: list[np.ndarray], Ks: list | None = None) -> torch.Tensor:
         return self.runtime.encode_images(to_model_input(images, self.view.image_size, Ks,
                                                          self.default_intrinsics()))
@@ -184,7 +204,8 @@ class GSTPipeline:
                       seed: int | None = 0, temperature: float = 1.0, top_k: int | None = 100,
                       top_p: float = 1.0, cfg_scale: float = 1.0, greedy: bool = False,
                       selection: str = "likelihood", K_a: np.ndarray | None = None, K_b: np.ndarray | None = None,
-                      hybrid: bool = False, hybrid_min_inliers: int = HYBRID_MIN_INLIERS) -> PoseEstimate:
+                      hybrid: bool = False, hybrid_min_inliers: int = HYBRID_MIN_INLIERS,
+                      prior_c2w: np.ndarray | None = None) -> PoseEstimate:
         """Pose of camera b in camera a's optical frame, from N sampled camera-token sequences.
 
         Layout (our choice; the release has none): [image a][<EST>][image b] -> 256 camera tokens.
@@ -200,7 +221,11 @@ class GSTPipeline:
         hybrid: also run the classical estimate (gst_model.classical: SIFT + essential matrix on the full
           images); when it has at least `hybrid_min_inliers` RANSAC inliers it joins the samples as one more
           hypothesis (translation direction from the matches, length the median of the samples') and the
-          likelihood chooses among all. `source` says which won. Needs selection="likelihood" and OpenCV.
+          likelihood chooses among all, the classical score raised by HYBRID_PRIOR_NATS (its prior for
+          that many inliers). `source` says which won. Needs selection="likelihood" and OpenCV.
+        prior_c2w: where camera b probably is (e.g. the previous frame's estimate against the same image a);
+          with `speculative` on it is the draft the camera tokens are verified against. It never changes the
+          result's distribution, only how many transformer passes it takes.
         """
         validate_image(image_a, "image_a")
         validate_image(image_b, "image_b")
@@ -217,7 +242,7 @@ class GSTPipeline:
         task = torch.full((1, 1), self.vocab.task_token(Task.POSE), dtype=torch.long, device=codes.device)
         prompt = torch.cat([codes[:1], task, codes[1:]], dim=1).expand(n, -1)
         T = self.vocab.tokens_per_view
-        cams = self._generate(prompt, sampling, self.vocab.camera_range(), seed)
+        cams = self._generate(prompt, sampling, self.vocab.camera_range(), seed, self._camera_drafter(prior_c2w))
         fit = self._decode_cameras(cams)
         samples = fit.c2w.numpy()
         hypotheses, K_rays = fit.c2w, fit.K
@@ -228,15 +253,16 @@ class GSTPipeline:
                 K_ray = torch.as_tensor(self._ray_pixels(self.default_intrinsics()))
                 hypotheses = torch.cat([hypotheses, torch.as_tensor(two_view.c2w)[None]])
                 K_rays = torch.cat([K_rays, K_ray[None]])
-        log_likelihoods = anchor = None
+        log_likelihoods = scores = anchor = None
         if selection == "likelihood" and len(hypotheses) > 1:
             log_likelihoods = self._view_log_likelihoods(codes[:1], codes[1:], hypotheses, K_rays)
-            anchor = int(np.argmax(log_likelihoods))
+            scores = log_likelihoods + np.where(np.arange(len(hypotheses)) == n, HYBRID_PRIOR_NATS, 0.0)
+            anchor = int(np.argmax(scores))
         source = "classical" if anchor == n else "gst"
         # The classical pose, when it wins, is the estimate as it is (exact two-view geometry: averaging in
         # coarser samples would blur it); the samples still give its covariance and confidence.
         summary = summarize(hypotheses.numpy(), inlier_deg=self.inlier_deg, anchor=anchor,
-                            log_likelihoods=log_likelihoods, exact_anchor=source == "classical")
+                            log_likelihoods=scores, exact_anchor=source == "classical")
         return PoseEstimate(c2w=summary.c2w, samples=samples, covariance=summary.covariance,
                             confidence=summary.confidence,
                             consistency=summary.consistency, rotation_spread_deg=summary.rotation_spread_deg,
@@ -339,5 +365,5 @@ class GSTPipeline:
         task = torch.full((1, 1), self.vocab.task_token(Task.VIEW), dtype=torch.long, device=obs.device)
         prompt = torch.cat([obs, task], dim=1).expand(n, -1)
         T = self.vocab.tokens_per_view
-        cams = self._generate(prompt, sampling, self.vocab.camera_range(), seed)
+        cams = self._generate(prompt, sampling, self.vocab.camera_range(), seed, self._camera_drafter(None))
         return self._decode_cameras(cams).c2w.numpy()

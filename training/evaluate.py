@@ -359,7 +359,7 @@ def _run(args: argparse.Namespace) -> dict:
     t0 = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = GSTPipeline.from_pretrained(args.model)
+    pipe = GSTPipeline.from_pretrained(args.model, flush_denormal=True)  # this process is ours
     meta = pipe.bundle.metadata
     scale_mode = args.scale_mode or meta.get("scale_mode", "scene")
     scenes = read_split(args.data, args.split)
