@@ -23,6 +23,7 @@ except ImportError as exc:  # callers report the method unavailable instead of f
     OPENCV_ERROR = f"OpenCV is not installed ({exc}); pip install opencv-python-headless==4.14.0.94"
 
 DETECTORS = ("sift", "orb")
+MIN_INLIERS = 15  # RANSAC inliers below which the method reports a failure
 
 
 @dataclass
@@ -49,7 +50,7 @@ def _normalised(points: np.ndarray, K: np.ndarray) -> np.ndarray:
 
 def essential_matrix_pose(image_a: np.ndarray, image_b: np.ndarray, K_a: np.ndarray, K_b: np.ndarray,
                           detector: str = "sift", ratio: float = 0.8, threshold_px: float = 1.0,
-                          min_inliers: int = 15) -> TwoViewResult:
+                          min_inliers: int = MIN_INLIERS) -> TwoViewResult:
     """Relative pose of camera b in camera a's frame from feature matches (translation of unit length).
 
     `image_a`, `image_b`: HxWx3 (or 4) uint8 RGB. `K_a`, `K_b`: pixel intrinsics of the given images in
@@ -74,7 +75,7 @@ def essential_matrix_pose(image_a: np.ndarray, image_b: np.ndarray, K_a: np.ndar
 
 
 def pose_from_matches(points_a: np.ndarray, points_b: np.ndarray, K_a: np.ndarray, K_b: np.ndarray,
-                      threshold_px: float = 1.0, min_inliers: int = 15) -> TwoViewResult:
+                      threshold_px: float = 1.0, min_inliers: int = MIN_INLIERS) -> TwoViewResult:
     """Camera b in camera a's frame from matched pixels [M, 2]: essential matrix (RANSAC) + cheirality."""
     if cv2 is None:
         raise RuntimeError(OPENCV_ERROR)

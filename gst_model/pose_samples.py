@@ -30,7 +30,7 @@ UNKNOWN_ROTATION_VAR = 0.25
 MIN_VAR = 1e-6
 # Measured on the shipped model (see the module docstring): the factor that puts 95% of the held-out
 # rotation errors inside the covariance's 95% region, and the temperature (nats) of the confidence weights.
-COVARIANCE_SCALE = 2.0
+COVARIANCE_SCALE = 2.25
 CONFIDENCE_TEMPERATURE = 4.0
 
 

@@ -68,9 +68,9 @@ LOCALIZE_PARAMS = MODEL_PARAMS + (
     ParamSpec("pose_selection", POSE_SELECTIONS[0], "how the samples become one pose: 'likelihood' = around the "
               "sample under which the image is most probable (one extra scoring pass), 'consensus' = around their "
               "rotation medoid", choices=POSE_SELECTIONS),
-    ParamSpec("hybrid", False, "add the classical estimate (SIFT + essential matrix on the full images) as one more "
+    ParamSpec("hybrid", True, "add the classical estimate (SIFT + essential matrix on the full images) as one more "
               "pose hypothesis when it has enough inliers; the model's likelihood chooses (needs OpenCV)"),
-    ParamSpec("min_confidence", 0.25, "estimates whose confidence (probability that the rotation is within 15 deg) "
+    ParamSpec("min_confidence", 0.4, "estimates whose confidence (probability that the rotation is within 15 deg) "
               "is below this are published with low_confidence and reported as WARN on /diagnostics", 0.0, 1.0),
     ParamSpec("reference_frame", "gst_reference_optical", "TF parent: optical frame of the reference image (the "
               "first frame or the one set by ~/set_reference; re-keying keeps it, chaining the keyframes)"),

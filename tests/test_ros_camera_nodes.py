@@ -66,7 +66,7 @@ def test_localize_passes_the_cameras_intrinsics_for_images_of_its_size(ros_conte
         est = node._estimate(_image(), _image(seed=1))
         np.testing.assert_array_equal(calls[-1]["K_a"], K_CAMERA)
         np.testing.assert_array_equal(calls[-1]["K_b"], K_CAMERA)
-        assert calls[-1]["hybrid"] is False and 0.0 <= est.confidence <= 1.0
+        assert calls[-1]["hybrid"] is True and 0.0 <= est.confidence <= 1.0
         node._estimate(_image(), _image(48, 64))  # another size: that image gets no K
         assert calls[-1]["K_b"] is None and calls[-1]["K_a"] is not None
         values, warning = node._camera_status()

@@ -7,6 +7,7 @@ import torch
 from transforms3d.axangles import axangle2mat
 
 from gst_model import GSTPipeline, classical
+from gst_model.pipeline import HYBRID_PRIOR_NATS
 from gst_model.data.cameras import relative_pose
 from gst_model.data.synthetic import random_scene, render, sample_pair
 from gst_model.geometry import rotation_angle_deg
@@ -80,12 +81,14 @@ def test_classical_hypothesis_joins_the_samples_and_can_win(textured_pair, monke
     seen, scores = [], {}
     monkeypatch.setattr(pipe.runtime, "segment_log_likelihood",
                         lambda seqs: seen.append(seqs) or scores["next"][: len(seqs)])
-    n = 4
-    scores["next"] = torch.tensor([-9.0, -8.0, -7.0, -6.0, -1.0])  # the classical hypothesis (last) scores best
-    est = pipe.estimate_pose(a, b, num_samples=n, seed=0, K_a=K, K_b=K, hybrid=True)
+    n, kw = 4, dict(num_samples=4, seed=0, K_a=K, K_b=K, hybrid=True, hybrid_min_inliers=15)
+    # the classical hypothesis (last) scores below the best sample, by less than its prior: it wins
+    scores["next"] = torch.tensor([-9.0, -8.0, -7.0, -6.0, -5.0 - HYBRID_PRIOR_NATS + 4.0])
+    est = pipe.estimate_pose(a, b, **kw)
     two_view = classical.essential_matrix_pose(a, b, K, K)
     assert two_view.inliers >= 15 and rotation_angle_deg(two_view.c2w, truth) < 2.0  # the premise
-    assert len(seen[0]) == n + 1 and est.source == "classical" and est.classical_log_likelihood == -1.0
+    assert len(seen[0]) == n + 1 and est.source == "classical"
+    assert est.classical_log_likelihood == pytest.approx(-1.0 - HYBRID_PRIOR_NATS)
     np.testing.assert_allclose(est.sample_log_likelihoods, [-9, -8, -7, -6])
     assert rotation_angle_deg(est.c2w, truth) < 2.0
     np.testing.assert_allclose(est.c2w[:3, :3], two_view.c2w[:3, :3], atol=1e-9)
@@ -94,18 +97,18 @@ def test_classical_hypothesis_joins_the_samples_and_can_win(textured_pair, monke
     np.testing.assert_allclose(est.c2w[:3, 3], two_view.c2w[:3, 3] * length, atol=1e-9)
     assert 0.0 < est.confidence <= 1.0 and np.all(np.linalg.eigvalsh(est.covariance) > 0)
 
-    scores["next"] = torch.tensor([-9.0, -1.0, -7.0, -6.0, -8.0])  # a sample scores best
-    est = pipe.estimate_pose(a, b, num_samples=n, seed=0, K_a=K, K_b=K, hybrid=True)
+    # below the best sample by more than the prior: the sample wins (the likelihood vetoes)
+    scores["next"] = torch.tensor([-9.0, -1.0, -7.0, -6.0, -2.0 - HYBRID_PRIOR_NATS])
+    est = pipe.estimate_pose(a, b, **kw)
     assert est.source == "gst" and est.classical.inliers >= 15
     expected = summarize(np.concatenate([est.samples, est.classical.c2w[None]]), anchor=1,
-                         log_likelihoods=np.array([-9.0, -1, -7, -6, -8]))
+                         log_likelihoods=np.array([-9.0, -1, -7, -6, -2]))  # the classical score with its prior
     np.testing.assert_allclose(est.c2w, expected.c2w)
     assert est.confidence == pytest.approx(expected.confidence)
 
     # too few inliers for the threshold: the classical estimate does not join, nothing extra is scored
     seen.clear()
-    est = pipe.estimate_pose(a, b, num_samples=n, seed=0, K_a=K, K_b=K, hybrid=True,
-                             hybrid_min_inliers=two_view.inliers + 1)
+    est = pipe.estimate_pose(a, b, **{**kw, "hybrid_min_inliers": two_view.inliers + 1})
     assert est.classical.c2w is None and est.classical.reason.startswith("too few") and len(seen[0]) == n
     assert est.source == "gst" and est.classical_log_likelihood is None
 
