@@ -38,7 +38,7 @@ SPECULATIVE = False
 POSE_SELECTIONS = ("likelihood", "consensus")
 # The classical hypothesis of estimate_pose(hybrid=True), chosen on the real sample pairs (README "Hybrid
 # hypotheses"): it joins with at least HYBRID_MIN_INLIERS RANSAC inliers (every estimate with >= 50 was within
-# 4 deg; with 16-24, 4 of 6 were 130-180 deg off), and its score gets HYBRID_PRIOR_NATS, the log prior odds of
+# 4 deg; with 16-24, 5 of 6 were 130-180 deg off), and its score gets HYBRID_PRIOR_NATS, the log prior odds of
 # that geometric support: the 64 px model's likelihood cannot tell a 1 deg pose from its 10-20 deg samples
 # on real images (it ranked the correct classical pose below its best sample on 9 of 10 pairs, by 1-20
 # nats), but it still vetoes a classical pose it finds far less likely.

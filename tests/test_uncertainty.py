@@ -118,3 +118,53 @@ def test_hybrid_needs_the_likelihood():
     image = np.zeros((64, 64, 3), np.uint8)
     with pytest.raises(ValueError, match="hybrid hypotheses are chosen by the likelihood"):
         pipe.estimate_pose(image, image, num_samples=2, selection="consensus", hybrid=True)
+
+
+# ---------------------------------------------------------------------------- the measurement
+def test_rank_statistics_match_their_definitions():
+    from training.uncertainty import auroc, ranks, spearman
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 5, 40).astype(float)  # many ties
+    r = ranks(x)
+    for v in np.unique(x):  # tied values share the mean of the positions they occupy
+        below, tied = (x < v).sum(), (x == v).sum()
+        np.testing.assert_allclose(r[x == v], below + (tied - 1) / 2)
+    pos = rng.random(40) < 0.5
+    pairs = [(a > b) + 0.5 * (a == b) for a in x[pos] for b in x[~pos]]
+    assert auroc(x, pos) == pytest.approx(np.mean(pairs))
+    assert spearman(x, 2 * x + 1) == pytest.approx(1.0) and spearman(x, -x) == pytest.approx(-1.0)
+
+
+def test_study_scores_an_informative_confidence_and_the_hybrid(monkeypatch):
+    """Synthetic hypotheses with known truth: on half the pairs the likely samples sit at the truth, on the
+    other half far from it; a strong classical estimate (exact) exists on some pairs."""
+    from training import uncertainty
+
+    rng = np.random.default_rng(1)
+    n, N = 40, 8
+    cache = {k: [] for k in uncertainty.KEYS}
+    for i in range(n):
+        truth = _pose(rng.normal(size=3), 40, rng.normal(size=3))
+        good = i % 2 == 0
+        near = [truth @ _pose(rng.normal(size=3), 3) for _ in range(N // 2)]
+        far = [truth @ _pose(rng.normal(size=3), 60 + 10 * k) for k in range(N // 2)]
+        ll = np.r_[np.full(N // 2, -10.0 if good else -40.0), np.full(N // 2, -40.0 if good else -10.0)]
+        cache["samples"].append(np.stack(near + far))
+        cache["log_likelihoods"].append(ll + rng.normal(scale=0.1, size=N))
+        cache["truth"].append(truth)
+        strong = i % 4 == 1  # a bad GST pair with an exact classical estimate
+        cache["classical_c2w"].append(truth if strong else np.full((4, 4), np.nan))
+        cache["classical_log_likelihood"].append(-25.0 if strong else np.nan)  # below the best sample, within the prior
+        cache["classical_inliers"].append(200 if strong else 0)
+    study = uncertainty.Study({k: np.asarray(v) for k, v in cache.items()}, 15.0)
+    result = uncertainty.analyse(study, seed=0)
+    conf = result["confidence"]["likelihood mass within 15 deg, T=4"]
+    for half in ("choose", "report"):
+        assert conf[half]["auroc"] == pytest.approx(1.0) and conf[half]["spearman"] < -0.5
+        assert conf[half]["rot_acc_15_most_confident_half"] > conf[half]["rot_acc_15_all"]
+    assert result["rot_acc_15"] == pytest.approx(0.5)
+    pose = result["pose"]
+    assert pose["GST alone"]["rot_acc_15"] == pytest.approx(0.5)
+    assert pose["hybrid"]["rot_acc_15"] == pytest.approx(0.75) and pose["hybrid"]["classical_won"] == 10
+    assert pose["classical alone (identity where it fails)"]["succeeded"] == 10

@@ -62,6 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="pair choice, sampling and the halves' split")
     p.add_argument("--inlier-deg", type=float, default=15.0)
     p.add_argument("--cache", default=None, help="samples.npz of an earlier run: skip the model")
+    p.add_argument("--label", default=None, help="what the pairs are, for the report (default: from the arguments)")
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
     args = p.parse_args(argv)
@@ -332,7 +333,7 @@ def run(args: argparse.Namespace) -> dict:
         log.info("sampled %d pairs in %.0f s", len(cache["truth"]), time.time() - t0)
         np.savez(out / "samples.npz", **cache)
     result = analyse(Study(cache, args.inlier_deg), args.seed)
-    config = {"data": args.cache or ("real samples" if args.real else f"{args.data} ({args.split})"),
+    config = {"data": args.label or args.cache or ("real samples" if args.real else f"{args.data} ({args.split})"),
               "num_samples": int(cache["samples"].shape[1])}
     (out / "metrics.json").write_text(json.dumps({"config": config, **result}, indent=1, allow_nan=True) + "\n")
     write_report(result, config, out / "report.md")
