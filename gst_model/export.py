@@ -372,8 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also export fixed-batch transformer graphs (TensorRT); include the x2 of CFG")
     args = parser.parse_args(argv)
     if args.checkpoint in BUNDLE_PRESETS and not Path(args.checkpoint).exists():
-        torch.manual_seed(0)
-        bundle = build_bundle(args.checkpoint)
+        bundle = build_bundle(args.checkpoint, seed=0)
     else:
         bundle = load_bundle(args.checkpoint)
     manifest = export_bundle(bundle, args.out, static_batch=args.static_batch)
