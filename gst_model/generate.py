@@ -185,7 +185,7 @@ class TorchDecoder:
 
     def __init__(self, model, forward=None):
         self.model = model
-        self.forward = forward or model  # e.g. a torch.compile'd model
+        self.forward = model if forward is None else forward  # e.g. a torch.compile'd model
         self.max_seq_len = model.config.max_seq_len
         self.was_training = model.training
         model.eval()  # dropout off; close() restores the mode, so generate leaves the model as it found it

@@ -14,7 +14,8 @@ from typing import Callable
 import yaml
 
 from gst_model.checkpoint import BUNDLE_PRESETS
-from gst_model.pipeline import POSE_SELECTIONS
+from gst_model.generate import DRAFT_LEN
+from gst_model.pipeline import POSE_SELECTIONS, SPECULATIVE
 from gst_ros.keyframes import RekeyPolicy
 
 INT32_MAX = 2**31 - 1
@@ -44,6 +45,11 @@ MODEL_PARAMS = (
     ParamSpec("compile", False, "torch backend: compile the transformer with torch.compile (about 2x faster "
               "sampling on CPU; configure then takes ~1-2 min, compiling for the node's num_samples; other "
               "sample counts compile on their first request)", configure_only=True),
+    ParamSpec("speculative", SPECULATIVE, "decode camera tokens speculatively with geometric drafts (same samples' "
+              "distribution, fewer sequential transformer passes; slower on CPU with the shipped model, see README "
+              "'Speculative decoding')", configure_only=True),
+    ParamSpec("draft_len", DRAFT_LEN, "speculative block: the row's last token + draft_len - 1 drafted tokens per "
+              "transformer pass", 2, 64, configure_only=True),
     ParamSpec("temperature", 1.0, "sampling temperature (> 0)", 0.01, 10.0),
     ParamSpec("top_k", 100, "top-k sampling filter (0 = no limit)", 0, 1 << 20),
     ParamSpec("top_p", 1.0, "nucleus sampling filter", 0.01, 1.0),
@@ -194,7 +200,7 @@ def load_pipeline(get: Callable[[str], object]):
     # A node owns its process, so it may flush subnormal floats process-wide (30% faster CPU estimates).
     options = {"flush_denormal": True} if get("backend") == "torch" else {}
     return GSTPipeline.from_pretrained(source, backend=get("backend"), device=get("device"), compile=get("compile"),
-                                       **options)
+                                       speculative=get("speculative"), draft_len=get("draft_len"), **options)
 
 
 def sampling_kwargs(get: Callable[[str], object], seed: int | None = None, **overrides) -> dict:
