@@ -31,20 +31,3 @@ def segment_log_likelihood(model, tokens: torch.Tensor, length: int, vocab: Voca
     logits = model(tokens[:, :-1], last=length)
     return log_probs_within_kind(logits, tokens[:, -length:], vocab).sum(-1)
 
-
-def shared_prefix_log_likelihood(decoder, tokens: torch.Tensor, prefix: int, length: int,
-                                 vocab: Vocabulary) -> torch.Tensor:
-    """`segment_log_likelihood` for rows that share their first `prefix` tokens (N hypotheses scored against
-    one observation): the prefix runs once through the decoder's prefill and its keys/values are shared, the
-    rest of every row runs as one block (`gst_model.generate.Decoder`) -> [B] float32."""
-    rows, total = tokens.shape
-    if not 1 <= length <= total - prefix:
-        raise ValueError(f"segment length {length} must be in [1, {total - prefix}] after a {prefix}-token prefix")
-    rest = tokens[:, prefix:]
-    try:
-        decoder.prefill(tokens[:1, :prefix], 0, rows, rest.shape[1])
-        positions = torch.arange(prefix, total, device=tokens.device).expand(rows, -1)
-        logits = decoder.decode(rest, positions)  # entry j predicts token prefix + j + 1
-    finally:
-        decoder.close()
-    return log_probs_within_kind(logits[:, -length - 1:-1].float(), rest[:, -length:], vocab).sum(-1)

@@ -206,19 +206,3 @@ def test_pipeline_speculative_option_keeps_greedy_poses(shipped):
     with pytest.raises(ValueError, match="draft_len"):
         GSTPipeline(shipped.bundle, speculative=True, draft_len=1)
 
-
-def test_scoring_with_the_shared_prefix_run_once_equals_the_full_pass():
-    from gst_model.likelihood import segment_log_likelihood, shared_prefix_log_likelihood
-    from gst_model.vocab import Vocabulary
-
-    vocab = Vocabulary(image_codes=30, camera_codes=16, tokens_per_view=16)
-    model = _tiny_model(4)
-    g = torch.Generator().manual_seed(3)
-    obs, target = torch.randint(0, 30, (2, 1, 16), generator=g)
-    cams = torch.randint(vocab.camera_offset, vocab.camera_offset + 16, (5, 16), generator=g)
-    seqs = torch.cat([obs.expand(5, -1), torch.full((5, 1), vocab.gen_token), cams, target.expand(5, -1)], 1)
-    with torch.inference_mode():
-        full = segment_log_likelihood(model, seqs, 16, vocab)
-        shared = shared_prefix_log_likelihood(TorchDecoder(model), seqs, vocab.prompt_length, 16, vocab)
-    torch.testing.assert_close(shared, full, atol=1e-4, rtol=1e-5)
-    assert full.unique().numel() == 5

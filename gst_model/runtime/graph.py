@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import torch
 
-from gst_model.generate import prompt_copies
-from gst_model.likelihood import shared_prefix_log_likelihood
-from gst_model.vocab import Vocabulary
-
 
 class GraphRuntime:
     """With `static=True` the fixed-batch transformer graphs are used (TensorRT engines are built from them):
@@ -79,18 +75,8 @@ class GraphRuntime:
         return out[0], out[1:]
 
     def segment_log_likelihood(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Full sequences [B, 3T+1] -> log-likelihood [B] of their last segment: rows sharing their observation
-        run it once (prefill + one decode block, `gst_model.likelihood.shared_prefix_log_likelihood`), other
-        batches and the static graphs run the `score` graph over whole sequences."""
+        """Full sequences [B, 3T+1] -> log-likelihood [B] of their last segment (the `score` graph)."""
         b = tokens.shape[0]
-        tcfg = self.manifest["config"]["transformer"]
-        prefix = tcfg["grid_size"] ** 2 + tcfg["special_token_num"]
-        if not self.static and prompt_copies(tokens[:, :prefix]) > 1:
-            cfg = self.manifest["config"]
-            vocab = Vocabulary(cfg["image_tokenizer"]["codebook_size"], cfg["camera_tokenizer"]["codebook_size"],
-                               prefix - 1)
-            return shared_prefix_log_likelihood(self.decoder(), tokens.to(self.device), prefix, prefix - 1,
-                                                vocab).float().cpu()
         graph = "score_static" if self.static else "score"
         return self._run(graph, {"tokens": self.pad(tokens.to(self.device))})[0][:b].float().cpu()
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from gst_model.generate import TorchDecoder, prompt_copies
-from gst_model.likelihood import segment_log_likelihood, shared_prefix_log_likelihood
+from gst_model.generate import TorchDecoder
+from gst_model.likelihood import segment_log_likelihood
 
 class TorchRuntime:
     """flush_denormal: flush subnormal floats to zero — process-wide (torch's flag lives in each CPU thread's
