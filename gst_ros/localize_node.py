@@ -80,14 +80,23 @@ class LocalizeNode(GstNode):
     # ------------------------------------------------------------------------------ worker
     def _process(self, item) -> None:
         msg, received = item
+        started = time.monotonic()
         try:
             rgb = self._to_rgb(msg)
         except ValueError as exc:
             self._error(f"dropped image: {exc}")
             return
+        converted = time.monotonic()
         get = lambda name: param(self, name)  # noqa: E731
-        out = self._localizer.localize(rgb, conv.time_to_ns(msg.header.stamp), self._estimate,
-                                       params.rekey_policy(get))
+        model_s = []
+
+        def estimate(image_a, image_b):
+            t0 = time.monotonic()
+            try:
+                return self._estimate(image_a, image_b)
+            finally:
+                model_s.append(time.monotonic() - t0)
+        out = self._localizer.localize(rgb, conv.time_to_ns(msg.header.stamp), estimate, params.rekey_policy(get))
         if out.pose is None:
             self.get_logger().info(f"reference {out.keyframe.id} set from the first image")
             return
@@ -101,7 +110,10 @@ class LocalizeNode(GstNode):
             self._tf_pub.publish(tf)
         self._pose_pub.publish(pose)
         self._est_pub.publish(estimate)
-        self._stats.record_done(time.monotonic() - received)
+        done = time.monotonic()
+        # where the latency goes: waiting for the worker, conversion, the model (incl. its lock), the rest
+        self._stats.record_done(done - received, wait=started - received, convert=converted - started,
+                                model=model_s[0], publish=done - converted - model_s[0])
         if out.rekeyed_to is not None:
             self.get_logger().info(f"consistency below {param(self, 'rekey_min_consistency')} for "
                                    f"{param(self, 'rekey_after_frames')} frames: re-keyed, keyframe {out.rekeyed_to}")

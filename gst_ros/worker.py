@@ -69,7 +69,7 @@ class Stats:
     def __init__(self, window_s: float = 5.0):
         self._lock = threading.Lock()
         self._window_s = window_s
-        self._done = collections.deque()  # (monotonic end time, latency s)
+        self._done = collections.deque()  # (monotonic end time, latency s, {stage: s})
         self.received = 0
         self.processed = 0
         self.errors = 0
@@ -79,10 +79,11 @@ class Stats:
         with self._lock:
             self.received += 1
 
-    def record_done(self, latency_s: float) -> None:
+    def record_done(self, latency_s: float, **stages_s: float) -> None:
+        """One item done in `latency_s`; `stages_s` say where the time went (reported as <stage>_ms means)."""
         with self._lock:
             self.processed += 1
-            self._done.append((time.monotonic(), latency_s))
+            self._done.append((time.monotonic(), latency_s, stages_s))
 
     def record_error(self, message: str) -> None:
         with self._lock:
@@ -96,10 +97,15 @@ class Stats:
             while self._done and self._done[0][0] < now - self._window_s:
                 self._done.popleft()
             lat = [d[1] for d in self._done]
+            stages = {}
+            for _, _, parts in self._done:
+                for name, s in parts.items():
+                    stages.setdefault(name, []).append(s)
             return {
                 "rate_hz": len(lat) / self._window_s,
                 "latency_mean_ms": 1e3 * sum(lat) / len(lat) if lat else 0.0,
                 "latency_max_ms": 1e3 * max(lat) if lat else 0.0,
+                **{f"{name}_ms": 1e3 * sum(v) / len(v) for name, v in stages.items()},
                 "received": self.received, "processed": self.processed,
                 "errors": self.errors, "last_error": self.last_error,
             }

@@ -146,8 +146,13 @@ def test_preset_model_needs_random_weights(tmp_path, monkeypatch):
 def test_pose_kwargs_are_the_pipelines():
     values = params.resolve(params.LOCALIZE_PARAMS, {"seed": 5, "top_k": 0})
     kw = params.pose_kwargs(values.get)
-    assert kw == {"num_samples": 16, "selection": "likelihood", "temperature": 1.0, "top_k": None, "top_p": 1.0,
-                  "cfg_scale": 1.0, "seed": 5}
+    assert {k: kw[k] for k in ("num_samples", "selection", "temperature", "top_k", "top_p", "cfg_scale", "seed")} == {
+        "num_samples": 16, "selection": "likelihood", "temperature": 1.0, "top_k": None, "top_p": 1.0,
+        "cfg_scale": 1.0, "seed": 5}
+    import inspect
+
+    from gst_model.pipeline import GSTPipeline
+    assert set(kw) <= set(inspect.signature(GSTPipeline.estimate_pose).parameters)
     assert params.pose_kwargs(values.get, num_samples=3, seed=-1)["seed"] is None
 
 

@@ -618,6 +618,81 @@ def flood(domain_id: int, tmp: Path, rows: list[Row], model: str, seconds: float
         client.close()
 
 
+# --------------------------------------------------------------------------------------- latency
+def pipeline_latency(model: str, frames: list[np.ndarray], n: int, in_thread: bool) -> list[float]:
+    """Seconds per GSTPipeline.estimate_pose on (first frame, frame k) with the node's default parameters, called
+    from a worker thread as the node calls it, or from the main thread as a script does. (On a loaded machine
+    the two differ by up to 30x: torch's 2 OpenMP threads of the main thread spin for descheduled peers.)"""
+    import threading
+
+    from gst_ros import params
+
+    values = params.resolve(params.LOCALIZE_PARAMS, {"model_path": model} if model else {})
+    pipeline = params.load_pipeline(values.__getitem__)
+    out = []
+
+    def run():
+        pipeline.estimate_pose(frames[0], frames[1], **params.pose_kwargs(values.__getitem__))  # warm-up
+        for k in range(n):
+            t0 = time.perf_counter()
+            pipeline.estimate_pose(frames[0], frames[1 + k % (len(frames) - 1)],
+                                   **params.pose_kwargs(values.__getitem__))
+            out.append(time.perf_counter() - t0)
+    if in_thread:
+        worker = threading.Thread(target=run)
+        worker.start()
+        worker.join()
+    else:
+        run()
+    return out
+
+
+def latency(domain_id: int, tmp: Path, rows: list[Row], model: str, n: int = 8, rate: float = 10.0) -> None:
+    """The node's latency (frame received -> estimate published) against estimate_pose alone on the same frames,
+    measured before and after the node's run on the same machine; the node's own breakdown from /diagnostics."""
+    arrays = [test_image(480, 640, s) for s in range(4)]
+    before = pipeline_latency(model, arrays, n, in_thread=True)
+    client = Client(domain_id)
+    proc = NodeProcess(domain_id, tmp / "latency.log", "--nodes", "localize",
+                       *(["--param", f"model_path:={model}"] if model else []))
+    try:
+        if not client.wait_ready([client.estimate_pose], proc):
+            rows.append(Row("latency", "start", "node starts", proc.text()[-300:], False))
+            return
+        msgs = [image_msg(a) for a in arrays]
+        sent_at, k, since = {}, 0, len(client.estimates)
+        t0 = time.monotonic()
+        while len(client.estimates) - since < n + 1 and time.monotonic() - t0 < 30 * n:
+            msg = msgs[k % 4]
+            msg.header.stamp.sec = 20_000 + k
+            sent_at[20_000 + k] = time.monotonic()
+            client.image_pub.publish(msg)
+            k += 1
+            client.spin_until(lambda: time.monotonic() >= t0 + k / rate, 1.0)
+        ests = [(t, m) for t, m in client.estimates[since:] if m.header.stamp.sec in sent_at][1:]  # first: warm-up
+        node = [m.latency_ms / 1e3 for _, m in ests]
+        e2e = [t - sent_at[m.header.stamp.sec] for t, m in ests]
+        diags = [d for d in client.diag.get("/localize", []) if "model_ms" in d and d["t"] >= t0]
+        stages = {s: float(np.mean([float(d[f"{s}_ms"]) for d in diags])) for s in ("wait", "convert", "model",
+                                                                                    "publish")} if diags else {}
+    finally:
+        proc.stop()
+        client.close()
+    after = pipeline_latency(model, arrays, n, in_thread=True)
+    main_thread = pipeline_latency(model, arrays, 2, in_thread=False)
+    alone = float(np.median(before + after))
+    ratio = float(np.median(node)) / alone if node else math.nan
+    rows.append(Row("latency", f"localize at {rate:g} Hz vs estimate_pose alone, 640x480, {n} estimates",
+                    "node <= 1.3x the pipeline",
+                    f"estimate_pose alone in a thread: median {1e3 * np.median(before):.0f} ms before, "
+                    f"{1e3 * np.median(after):.0f} ms after (main thread: {1e3 * np.median(main_thread):.0f} ms); "
+                    f"node (received -> published): median {1e3 * np.median(node):.0f} ms = {ratio:.2f}x; "
+                    f"end to end (published -> estimate here): median {1e3 * np.median(e2e):.0f} ms; node stages "
+                    f"(means): " + ", ".join(f"{s} {v:.0f} ms" for s, v in stages.items()) if node else "no estimates",
+                    bool(node) and ratio <= 1.3, {"alone_s": before + after, "main_thread_s": main_thread,
+                                                  "node_s": node, "e2e_s": e2e, "stages_ms": stages}))
+
+
 # ---------------------------------------------------------------------------------------- report
 def write_report(rows: list[Row], out: Path, args, seconds: float) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -651,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "reliability.md")
     parser.add_argument("--model", default="", help="model for qos and flood ('' = the shipped model)")
     parser.add_argument("--flood-s", type=float, default=60.0)
-    parser.add_argument("--sections", default="matrix,shutdown,lifecycle,restart,qos,flood")
+    parser.add_argument("--sections", default="matrix,shutdown,lifecycle,restart,qos,latency,flood")
     args = parser.parse_args(argv)
     sections = {"matrix", "shutdown", "lifecycle"} if args.short else set(args.sections.split(","))
     domain = random.Random(os.getpid() ^ time.time_ns()).randint(1, 100)
@@ -685,6 +760,8 @@ def main(argv: list[str] | None = None) -> int:
             kill_and_restart(domain, tmp, rows)
         if "qos" in sections:
             qos_delivery(domain, tmp, rows, args.model)
+        if "latency" in sections:
+            latency(domain, tmp, rows, args.model)
         if "flood" in sections:
             flood(domain, tmp, rows, args.model, args.flood_s)
     write_report(rows, args.out, args, time.monotonic() - t0)
