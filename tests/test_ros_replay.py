@@ -39,6 +39,7 @@ def _world_base(i: int) -> np.ndarray:
     return T
 
 
+K = np.array([[40.0, 0.0, 33.0], [0.0, 40.0, 23.5], [0.0, 0.0, 1.0]])  # a wider camera than the model's
 BASE_OPTICAL = np.array([[0, 0, 1, 0.1], [-1, 0, 0, 0], [0, -1, 0, 0.3], [0, 0, 0, 1]], dtype=float)
 
 
@@ -61,11 +62,18 @@ def _frame_ns(i: int) -> int:
 
 
 def write_bag(path: Path, plugin: StoragePlugin) -> None:
-    """Images on /cam/image_raw; /tf (world -> base) at 20 Hz, so image stamps fall between TF samples for the
-    odd frames; /tf_static base -> cam_optical."""
+    """Images on /cam/image_raw with CameraInfo on /cam/camera_info; /tf (world -> base) at 20 Hz, so image
+    stamps fall between TF samples for the odd frames; /tf_static base -> cam_optical."""
     Ty = STORE.types
     with Writer(path, version=9, storage_plugin=plugin) as writer:
         img = writer.add_connection("/cam/image_raw", "sensor_msgs/msg/Image", typestore=STORE)
+        info = writer.add_connection("/cam/camera_info", "sensor_msgs/msg/CameraInfo", typestore=STORE)
+        writer.write(info, _frame_ns(0) - 1, STORE.serialize_cdr(Ty["sensor_msgs/msg/CameraInfo"](
+            header=Ty["std_msgs/msg/Header"](stamp=_time(_frame_ns(0)), frame_id="cam_optical"), height=48, width=64,
+            distortion_model="plumb_bob", d=np.zeros(5), k=K.reshape(-1), r=np.eye(3).reshape(-1),
+            p=np.hstack([K, np.zeros((3, 1))]).reshape(-1), binning_x=0, binning_y=0,
+            roi=Ty["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)),
+            "sensor_msgs/msg/CameraInfo"))
         tf = writer.add_connection("/tf", "tf2_msgs/msg/TFMessage", typestore=STORE)
         static = writer.add_connection("/tf_static", "tf2_msgs/msg/TFMessage", typestore=STORE)
         writer.write(static, _frame_ns(0), STORE.serialize_cdr(Ty["tf2_msgs/msg/TFMessage"](
@@ -101,13 +109,19 @@ def pipeline():
 
 
 @pytest.mark.parametrize("plugin", [StoragePlugin.SQLITE3, StoragePlugin.MCAP])
-def test_replay_of_a_bag(tmp_path, plugin, pipeline):
+def test_replay_of_a_bag(tmp_path, plugin, pipeline, monkeypatch):
     bag = tmp_path / "in"
     write_bag(bag, plugin)
     out = tmp_path / "out"
+    intrinsics = []
+    original = GSTPipeline.estimate_pose
+    monkeypatch.setattr(GSTPipeline, "estimate_pose", lambda self, a, b, **kw: intrinsics.append(
+        (kw["K_a"], kw["K_b"])) or original(self, a, b, **kw))
     rc = replay.main([str(bag), "--out", str(out), "--gt-tf", "world:cam_optical", "--bag-out",
                       *[a for p in PARAMS for a in ("--param", p)]])
     assert rc == 0
+    monkeypatch.setattr(GSTPipeline, "estimate_pose", original)
+    assert len(intrinsics) == N - 1 and all(np.array_equal(k, K) for pair in intrinsics for k in pair)
 
     # the trajectory: the reference (identity) then one pose per frame, stamped as the images
     traj = _tum(out / "trajectory.tum")
@@ -115,11 +129,12 @@ def test_replay_of_a_bag(tmp_path, plugin, pipeline):
     np.testing.assert_allclose(traj[:, 0], [_frame_ns(i) / 1e9 for i in range(N)])
     np.testing.assert_allclose(traj[0, 1:], [0, 0, 0, 0, 0, 0, 1])
 
-    # each estimate is exactly the pipeline's estimate_pose of (first frame, frame) with the node's parameters
+    # each estimate is exactly the pipeline's estimate_pose of (first frame, frame) with the node's parameters and
+    # the camera's intrinsics from camera_info
     rows = list(csv.DictReader(open(out / "estimates.csv")))
     assert len(rows) == N - 1
     for i, row in enumerate(rows, start=1):
-        est = pipeline.estimate_pose(_image(0), _image(i), num_samples=2, seed=0, selection="likelihood")
+        est = pipeline.estimate_pose(_image(0), _image(i), num_samples=2, seed=0, selection="likelihood", K_a=K, K_b=K)
         assert int(row["header.stamp_ns"]) == _frame_ns(i) and int(row["reference_id"]) == 1
         assert int(row["reference_stamp_ns"]) == _frame_ns(0) and int(row["num_samples"]) == 2
         assert row["header.frame_id"] == "gst_reference_optical" and row["child_frame_id"] == "gst_camera_optical"

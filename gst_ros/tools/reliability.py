@@ -253,8 +253,9 @@ def matrix(client: Client, proc: NodeProcess, rows: list[Row]) -> None:
         answer = diag[-1]["last_error"] if diag else "no error counted within 10 s"
         add(f"frame: {case}", f"…{why}…", answer, bool(diag) and why in answer)
     for case, info, why in (
-            ("CameraInfo K all zero", CameraInfo(width=64, height=48), "camera_info K must be finite"),
-            ("CameraInfo K NaN", CameraInfo(width=64, height=48, k=[math.nan] * 9), "camera_info K must be finite"),
+            ("CameraInfo K all zero", CameraInfo(width=64, height=48), "must be finite with positive focal lengths"),
+            ("CameraInfo K NaN", CameraInfo(width=64, height=48, k=[math.nan] * 9),
+             "must be finite with positive focal lengths"),
             ("CameraInfo 0x0 size", CameraInfo(k=[50.0, 0, 32, 0, 50, 24, 0, 0, 1]), "empty image size")):
         before = int(client.latest_diag("/localize").get("errors", 0))
         client.info_pub.publish(info)

@@ -1,6 +1,6 @@
 """Offline replay: the localize node's logic over a recorded bag or a folder of images, with its outputs as files.
 
-    python -m gst_ros.tools.replay INPUT --out DIR [--image-topic /camera/image_raw]
+    python -m gst_ros.tools.replay INPUT --out DIR [--image-topic /camera/image_raw] [--camera-info-topic TOPIC]
         [--params config/gst_ros.yaml] [--param NAME:=VALUE ...] [--every N] [--max-frames N]
         [--gt-tf PARENT:CHILD | --gt-topic TOPIC] [--bag-out] [--fps 10]
 
@@ -10,8 +10,10 @@ images (.png/.jpg, in name order, stamped 1/--fps apart).
 
 It runs what localize runs on each frame, with the same parameters (the YAML's `/**` and `/**/localize`
 sections, then --param overrides, checked against the node's own table): the same image checks, the same
-GSTPipeline.estimate_pose call and the same reference / keyframe / re-keying decisions
-(gst_ros.keyframes.Localizer), and builds the same messages (localize_node.estimate_messages). Unlike the
+GSTPipeline.estimate_pose call, with the intrinsics of the newest CameraInfo (as the node takes them from
+camera_info when use_camera_info is set: --camera-info-topic, default the image topic's sibling camera_info),
+the same reference / keyframe / re-keying decisions (gst_ros.keyframes.Localizer), and builds the same messages
+(localize_node.estimate_messages). Unlike the
 node it drops no frame (the node's worker takes the newest frame when the model is busy); --every N keeps
 every N-th. Fix the seed (--param seed:=0) for repeatable runs: the node's default draws a new one per call.
 
@@ -62,6 +64,7 @@ OUTPUT_TOPICS = {"/tf": "tf2_msgs/msg/TFMessage", "/localize/pose": "geometry_ms
 class Frame:
     stamp_ns: int
     image: object  # a sensor_msgs/Image-like message (height, width, encoding, step, data)
+    camera_info: object = None  # the newest CameraInfo recorded before the frame
 
 
 # ------------------------------------------------------------------------------------ geometry
@@ -170,8 +173,10 @@ def _compressed_to_image(msg):
     return conv.numpy_to_image(np.ascontiguousarray(bgr[:, :, ::-1]), "rgb8")
 
 
-def read_bag(path: Path, image_topic: str | None, gt_tf: tuple[str, str] | None, gt_topic: str | None):
-    """(frames, ground truth series or None, image topic): frames as messages with their header stamps."""
+def read_bag(path: Path, image_topic: str | None, gt_tf: tuple[str, str] | None, gt_topic: str | None,
+             info_topic: str | None = None):
+    """(frames, ground truth series or None, image topic): frames as messages with their header stamps and the
+    newest CameraInfo on `info_topic` (default: the image topic's sibling camera_info) before each."""
     from rosbags.highlevel import AnyReader
 
     with AnyReader([path]) as reader:
@@ -185,7 +190,11 @@ def read_bag(path: Path, image_topic: str | None, gt_tf: tuple[str, str] | None,
         if not connections:
             raise ValueError(f"{path}: no sensor_msgs Image or CompressedImage on {image_topic!r}; image topics: "
                              f"{sorted({c.topic for c in images})}")
-        wanted = list(connections)
+        if info_topic is None:
+            info_topic = image_topic.rsplit("/", 1)[0] + "/camera_info"
+        infos = [c for c in reader.connections if c.topic == info_topic and c.msgtype == "sensor_msgs/msg/CameraInfo"]
+        wanted = connections + infos
+        info = None
         tf = TfTree() if gt_tf else None
         series = PoseSeries() if gt_topic else None
         if gt_tf:
@@ -200,7 +209,9 @@ def read_bag(path: Path, image_topic: str | None, gt_tf: tuple[str, str] | None,
         for conn, _, raw in tqdm(reader.messages(connections=wanted), total=total, desc="reading", unit="msg"):
             msg = reader.deserialize(raw, conn.msgtype)
             if conn in connections:
-                frames.append(Frame(stamp_ns(msg.header.stamp), msg))
+                frames.append(Frame(stamp_ns(msg.header.stamp), msg, info))
+            elif conn in infos:
+                info = msg
             elif conn.topic in ("/tf", "/tf_static"):
                 for t in msg.transforms:
                     tf.add(t, static=conn.topic == "/tf_static")
@@ -311,20 +322,34 @@ def replay(frames: list[Frame], values: dict, out: Path, ground_truth=None, bag_
         pipeline.warm_up(pose_samples=get("num_samples"))
     min_side = min_input_side(pipeline.view.image_size)
     localizer, result = Localizer(), Result()
+    camera = None  # (K, (width, height), distorted) of the newest usable CameraInfo, as the node keeps it
+    last_info = None
     out.mkdir(parents=True, exist_ok=True)
     bag = BagOut(out / "replay.bag") if bag_out else None
     rows, tum, gt_tum, pred, gt_rel, pairs_pred, pairs_gt = [], [], [], [], [], [], []
     gt_reference = gt_keyframes = None
 
+    def intrinsics(image):  # lifecycle.GstNode._intrinsics: the camera's K for images of its size
+        h, w = image.shape[:2]
+        return camera[0] if camera is not None and camera[1] == (w, h) else None
+
     def estimate(image_a, image_b):
         t0 = time.perf_counter()
-        est = pipeline.estimate_pose(image_a, image_b, **params.pose_kwargs(get))
+        est = pipeline.estimate_pose(image_a, image_b, K_a=intrinsics(image_a), K_b=intrinsics(image_b),
+                                     **params.pose_kwargs(get))
         result.model_s.append(time.perf_counter() - t0)
         return est
 
     try:
         for frame in tqdm(frames, desc="localizing", unit="frame", disable=not progress):
             result.frames += 1
+            if get("use_camera_info") and frame.camera_info is not None and frame.camera_info is not last_info:
+                last_info = frame.camera_info
+                try:
+                    camera = conv.camera_intrinsics(last_info)
+                except ValueError as exc:  # the node logs it and keeps the previous intrinsics
+                    reason = f"camera_info: {exc}"
+                    result.refused[reason] = result.refused.get(reason, 0) + 1
             try:
                 rgb = conv.image_to_numpy(frame.image, get("max_image_pixels"), min_side)
             except ValueError as exc:
@@ -403,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("input", type=Path, help="rosbag2 directory, ROS 1 .bag, or a folder of images")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--image-topic", help="image topic in the bag (default: its only image topic)")
+    parser.add_argument("--camera-info-topic", help="CameraInfo topic (default: the image topic's sibling camera_info)")
     parser.add_argument("--params", type=Path, default=params.default_file(), help="parameter YAML")
     parser.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
                         help="localize parameter override, e.g. seed:=0")
@@ -433,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("ground truth needs a bag; a folder of images has none")
             frames, ground_truth, source = read_folder(args.input, args.fps), None, "images"
         else:
-            frames, ground_truth, source = read_bag(args.input, args.image_topic, gt_tf, args.gt_topic)
+            frames, ground_truth, source = read_bag(args.input, args.image_topic, gt_tf, args.gt_topic,
+                                                    args.camera_info_topic)
     except ValueError as exc:
         print(f"replay: {exc}", file=sys.stderr)
         return 2
