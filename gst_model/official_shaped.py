@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import json
 import multiprocessing
+import os
 import resource
 import time
 from pathlib import Path
@@ -53,7 +54,10 @@ def official_state(listing: dict, dtype: torch.dtype | None = None, seed: int = 
 
 
 def _peak() -> dict:
-    out = {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    """The process's peak memory, CPU seconds so far and the machine's load (a shared CPU is slower)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out = {"peak_rss_gib": usage.ru_maxrss / 2**20, "cpu_seconds": usage.ru_utime + usage.ru_stime,
+           "load_average_1min": os.getloadavg()[0]}
     if torch.cuda.is_available():
         out["peak_cuda_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return out
@@ -172,7 +176,10 @@ def report(result: dict, num_samples: int) -> str:
               f"| estimate_pose (256 tokens per sample) | {r['pose_seconds']:.0f} | (same process) | | "
               f"rigid finite pose: {r['pose_is_rigid']} |",
               f"| predict_view (256 tokens + VQ-16 decode) | {r['view_seconds']:.0f} | (same process) | | "
-              f"view {r['view_shape']} {r['view_dtype']} |", ""]
+              f"view {r['view_shape']} {r['view_dtype']} |", "",
+              f"The run stage used {r['cpu_seconds']:.0f} CPU seconds in "
+              f"{r['load_seconds'] + r['pose_seconds'] + r['view_seconds']:.0f} s; load average at its end "
+              f"{r['load_average_1min']:.1f} on {os.cpu_count()} cores.", ""]
     return "\n".join(lines)
 
 
