@@ -32,10 +32,6 @@ def _noise_image(h, w, seed):
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
-def _quat_wxyz(R):
-    return mat2quat(R)
-
-
 # ---------------------------------------------------------------------------------------------
 # 7-Scenes
 
@@ -106,9 +102,10 @@ def test_7scenes_errors_name_the_file(tmp_path):
 
 def _write_tum(seq, gt_times, gt_poses, rgb_times):
     seq.mkdir(parents=True)
-    lines = ["# ground truth trajectory", "# file: 'rgbd_dataset_freiburg1_xyz.bag'", "# timestamp tx ty tz qx qy qz qw"]
+    lines = ["# ground truth trajectory", "# file: 'rgbd_dataset_freiburg1_xyz.bag'",
+             "# timestamp tx ty tz qx qy qz qw"]
     for t, c2w in zip(gt_times, gt_poses):
-        w, x, y, z = _quat_wxyz(c2w[:3, :3])
+        w, x, y, z = mat2quat(c2w[:3, :3])
         lines.append(f"{t:.4f} " + " ".join(f"{v:.17g}" for v in (*c2w[:3, 3], x, y, z, w)))
     (seq / "groundtruth.txt").write_text("\n".join(lines) + "\n")
     lines = ["# color images", "# file: 'rgbd_dataset_freiburg1_xyz.bag'", "# timestamp filename"]
@@ -169,7 +166,7 @@ def test_tum_rejects_malformed_rows(tmp_path):
 
 
 def _kapture_pose(T):
-    q = _quat_wxyz(T[:3, :3])
+    q = mat2quat(T[:3, :3])
     return ", ".join(f"{v:.17g}" for v in (*q, *T[:3, 3]))
 
 
@@ -294,7 +291,7 @@ def _header(ts, ns, frame_id):
 
 
 def _pose_fields(ts, T):
-    w, x, y, z = _quat_wxyz(T[:3, :3])
+    w, x, y, z = mat2quat(T[:3, :3])
     return (_msg(ts, "geometry_msgs/msg/Point", x=T[0, 3], y=T[1, 3], z=T[2, 3]),
             _msg(ts, "geometry_msgs/msg/Quaternion", x=x, y=y, z=z, w=w))
 
@@ -350,7 +347,8 @@ def _write_bag(path, ros1: bool, image_kind: str):
             writer.write(conns["pose"], ns, serialize(msg, pose_type))
             tf = _msg(ts, "tf2_msgs/msg/TFMessage", transforms=[_transform(ts, body[k], "odom", "base_link", ns)])
             writer.write(conns["tf"], ns, serialize(tf, "tf2_msgs/msg/TFMessage"))
-        for i, image in enumerate(images):  # 10 Hz frames at 0, 100, 200, 300 and 490 ms; the last has no pose within 20 ms
+        # 10 Hz frames at 0, 100, 200, 300 and 490 ms; the last has no pose within 20 ms
+        for i, image in enumerate(images):
             ns = T0 + i * 100_000_000 + (90_000_000 if i == 4 else 0)
             header = _header(ts, ns, "camera_optical")
             if image_kind == "png":

@@ -10,8 +10,9 @@ rotation is at most `--max-rot` degrees and whose camera centres are at least `-
 scales apart (near-duplicate frames of one video say nothing), at most `--max-pairs-per-scene` of them
 per scene (a seeded choice). They are binned by true relative rotation (`--bins`, degrees).
 
-Each pair goes to the model as the full images (shrunk to `--max-side`) with their real intrinsics (`estimate_pose(K_a=, K_b=)`:
-each image resampled to the model's own camera, poses in the real optical frames). Pose methods:
+Each pair goes to the model as the full images (shrunk to `--max-side`) with their real intrinsics
+(`estimate_pose(K_a=, K_b=)`: each image resampled to the model's own camera, poses in the real optical
+frames). Pose methods:
   gst              likelihood selection among `--num-samples` samples (the pipeline's default);
   gst_hybrid       the same samples plus the classical estimate as one more hypothesis
                    (`hybrid=True`; the same call, so `gst` is read from it without the classical one);
@@ -32,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -280,7 +280,8 @@ def write_report(result: dict, path: Path) -> None:
              f"shrunk to at most {cfg['max_side']} px on the longer side (K with them). "
              f"{cfg['num_samples']} pose samples per estimate (likelihood selection), seed {cfg['seed']}; "
              f"model: {cfg['model_description']}; LPIPS: {result['lpips']}.", ""]
-    cols = [("Rot@15", "rot_acc_15", "pct"), ("Rot@30", "rot_acc_30", "pct"), ("median rot err", "rot_median_deg", "deg"),
+    cols = [("Rot@15", "rot_acc_15", "pct"), ("Rot@30", "rot_acc_30", "pct"),
+            ("median rot err", "rot_median_deg", "deg"),
             ("median transl-dir err", "transl_dir_median_deg", "deg")]
     lines += ["## Relative pose, by true rotation", ""]
     for b in next(iter(pose.values())):

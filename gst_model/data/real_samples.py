@@ -245,7 +245,8 @@ def evaluation_scenes(root: Path | None = None) -> list[Scene]:
     samples = kapture_samples(root)
     stairs = read_7scenes_scene(samples / "7scenes/microsoft/stairs", merge=True)[0]
     stairs.name = "7scenes_stairs"
-    maupertuis = read_colmap_scene(samples / "maupertuis/colmap", model_dir=samples / "maupertuis/colmap/reconstruction")
+    maupertuis = read_colmap_scene(samples / "maupertuis/colmap",
+                                   model_dir=samples / "maupertuis/colmap/reconstruction")
     maupertuis.name = "maupertuis_drone"
     berlin = read_kapture(samples / "berlin/kapture", name="berlin_street")
     return [stairs, maupertuis, berlin, motorcycle_scene(root)]
