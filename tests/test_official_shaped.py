@@ -1,5 +1,5 @@
 """Official-shaped checkpoints: the generated state dicts match the official listing and load strictly; the
-whole GPT-XXL + VQ-16 + VQ-4 run (write, convert, pose + view at 256 px; minutes and ~15 GiB of memory on a
+whole GPT-XXL + VQ-16 + VQ-4 run (write, convert, pose + view at 256 px; ~45 min and ~9 GiB of memory on a
 CPU) only with GST_RUN_OFFICIAL=1."""
 import json
 import os
@@ -45,7 +45,7 @@ def test_gpt_listing_in_bfloat16_has_the_official_size(listing):
 
 
 @pytest.mark.skipif(os.environ.get("GST_RUN_OFFICIAL") != "1",
-                    reason="the official-size run takes minutes and ~15 GiB: set GST_RUN_OFFICIAL=1")
+                    reason="the official-size run takes tens of minutes and ~9 GiB on a CPU: set GST_RUN_OFFICIAL=1")
 def test_official_size_end_to_end(tmp_path):
     result = official_shaped.run(tmp_path, device="cuda" if torch.cuda.is_available() else "cpu")
     run = result["run"]
