@@ -22,6 +22,7 @@ Exit status: 0 after a clean shutdown, 1 if a node fails to configure (e.g. miss
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -50,6 +51,7 @@ def run_nodes(node_classes, argv: list[str], overrides: list[Parameter] = ()) ->
 
     `overrides` win over the YAML (rcl would let a node-specific YAML entry beat a global `-p`).
     """
+    use_node_dds_profile()
     context = Context()
     # Our own SIGINT/SIGTERM handling: with rclpy's handlers a blocking spin() was seen to miss the
     # shutdown now and then (the process had to be killed); a stop flag polled by spin_once cannot.
@@ -103,6 +105,20 @@ def spin_once(executor, logger, timeout_s: float) -> None:
         raise
     except Exception as exc:
         logger.error(f"a callback failed: {type(exc).__name__}: {exc}")
+
+
+def use_node_dds_profile() -> None:
+    """Point Fast DDS at config/fastdds_node.xml (readers free a sample's memory once it is taken) unless the
+    user configured Fast DDS already. Read when this process creates its participant, so before rclpy.init."""
+    profile = params.default_file()
+    profile = profile.with_name("fastdds_node.xml") if profile is not None else None
+    if profile is None or not profile.is_file() or os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") != \
+            "rmw_fastrtps_cpp":
+        return
+    if "FASTDDS_DEFAULT_PROFILES_FILE" in os.environ or "RMW_FASTRTPS_USE_QOS_FROM_XML" in os.environ:
+        return
+    os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
+    os.environ["RMW_FASTRTPS_USE_QOS_FROM_XML"] = "1"
 
 
 def drain(executor, nodes, context, timeout_s: float = DRAIN_TIMEOUT_S) -> None:

@@ -2,6 +2,7 @@
 worker's guard, how every start reads the YAML."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -232,3 +233,20 @@ def test_imports_are_one_way():
     for module in ros_free:
         banned = {n for n in imported(module) if n.split(".")[0] in ("rclpy", "gst_ros") or ".msg" in n}
         assert not {n for n in banned if n.split(".")[1] not in ros_free}, module
+
+
+def test_runner_points_fast_dds_at_the_node_profile_unless_configured(monkeypatch):
+    pytest.importorskip("rclpy")
+    from gst_ros import run
+
+    for name in ("FASTDDS_DEFAULT_PROFILES_FILE", "RMW_FASTRTPS_USE_QOS_FROM_XML", "RMW_IMPLEMENTATION"):
+        monkeypatch.delenv(name, raising=False)
+    run.use_node_dds_profile()
+    profile = Path(os.environ["FASTDDS_DEFAULT_PROFILES_FILE"])
+    assert profile == REPO_ROOT / "config" / "fastdds_node.xml" and "DYNAMIC" in profile.read_text()
+    assert os.environ["RMW_FASTRTPS_USE_QOS_FROM_XML"] == "1"
+    monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", "/mine.xml")
+    monkeypatch.delenv("RMW_FASTRTPS_USE_QOS_FROM_XML")
+    run.use_node_dds_profile()
+    assert os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] == "/mine.xml"
+    assert "RMW_FASTRTPS_USE_QOS_FROM_XML" not in os.environ
