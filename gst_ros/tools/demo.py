@@ -269,7 +269,9 @@ def summarize(scene: DemoScene, record: Record, queries: list, model_size: int) 
     view_scores = []
     for q in queries:
         truth, copy = _square(scene.frames[q["frame"]], model_size), _square(scene.frames[0], model_size)
-        view_scores.append({"frame": q["frame"], "psnr_pred": psnr(q["predicted"], truth), "psnr_copy": psnr(copy, truth),
+        # With camera_info the view comes back at the camera's resolution: score the model's square of it.
+        predicted = q["predicted"] if q["predicted"].shape == truth.shape else _square(q["predicted"], model_size)
+        view_scores.append({"frame": q["frame"], "psnr_pred": psnr(predicted, truth), "psnr_copy": psnr(copy, truth),
                             "latency_s": q["latency_s"], "truth": truth, "copy": copy})
     return {"frames": frames, "rot_err": np.array(rot_err), "dir_err": np.array(dir_err),
             "identity_err": np.array(identity_err), "t_est": np.array(t_est).reshape(-1, 3),
