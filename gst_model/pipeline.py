@@ -34,6 +34,7 @@ from gst_model.vocab import Task
 MAX_SAMPLES = 256
 # Speculative decoding of camera tokens (see __init__ and README "Speculative decoding"); set from bench/results.md.
 SPECULATIVE = False
+_DEFAULT = SamplingParams()  # the sampling defaults of every method below (defined once, in gst_model.generate)
 # How estimate_pose turns its samples into one pose (see estimate_pose).
 POSE_SELECTIONS = ("likelihood", "consensus")
 # The classical hypothesis of estimate_pose(hybrid=True), chosen on the real sample pairs (README "Hybrid
@@ -201,8 +202,8 @@ class GSTPipeline:
 
     # ------------------------------------------------------------------------------ public API
     def estimate_pose(self, image_a: np.ndarray, image_b: np.ndarray, num_samples: int = 16,
-                      seed: int | None = 0, temperature: float = 1.0, top_k: int | None = 100,
-                      top_p: float = 1.0, cfg_scale: float = 1.0, greedy: bool = False,
+                      seed: int | None = 0, temperature: float = _DEFAULT.temperature, top_k: int | None = _DEFAULT.top_k,
+                      top_p: float = _DEFAULT.top_p, cfg_scale: float = _DEFAULT.cfg_scale, greedy: bool = False,
                       selection: str = "likelihood", K_a: np.ndarray | None = None, K_b: np.ndarray | None = None,
                       hybrid: bool = False, hybrid_min_inliers: int = HYBRID_MIN_INLIERS,
                       prior_c2w: np.ndarray | None = None) -> PoseEstimate:
@@ -295,8 +296,8 @@ class GSTPipeline:
         return self.runtime.segment_log_likelihood(sequences).double().numpy()
 
     def predict_view(self, image: np.ndarray, c2w_rel: np.ndarray, num_samples: int = 1, seed: int | None = 0,
-                     K: np.ndarray | None = None, temperature: float = 1.0, top_k: int | None = 100,
-                     top_p: float = 1.0, cfg_scale: float = 1.0, greedy: bool = False,
+                     K: np.ndarray | None = None, temperature: float = _DEFAULT.temperature, top_k: int | None = _DEFAULT.top_k,
+                     top_p: float = _DEFAULT.top_p, cfg_scale: float = _DEFAULT.cfg_scale, greedy: bool = False,
                      K_image: np.ndarray | None = None, output_K: np.ndarray | None = None,
                      output_size: tuple[int, int] | None = None) -> list[np.ndarray]:
         """Images a camera at `c2w_rel` (in the observation's optical frame) would see.
@@ -316,8 +317,8 @@ class GSTPipeline:
         return [self._to_output_camera(v, K, output_K, output_size, image) for v in views]
 
     def expected_view(self, image: np.ndarray, c2w_rel: np.ndarray, num_samples: int = 8, seed: int | None = 0,
-                      K: np.ndarray | None = None, temperature: float = 1.0, top_k: int | None = 100,
-                      top_p: float = 1.0, cfg_scale: float = 1.0, K_image: np.ndarray | None = None,
+                      K: np.ndarray | None = None, temperature: float = _DEFAULT.temperature, top_k: int | None = _DEFAULT.top_k,
+                      top_p: float = _DEFAULT.top_p, cfg_scale: float = _DEFAULT.cfg_scale, K_image: np.ndarray | None = None,
                       output_K: np.ndarray | None = None, output_size: tuple[int, int] | None = None) -> np.ndarray:
         """One HxWx3 uint8 image: the pixel mean of `num_samples` sampled views (arguments as predict_view).
 
@@ -354,8 +355,8 @@ class GSTPipeline:
         return self.runtime.decode_images(tokens.clamp(0, self.vocab.image_codes - 1))
 
     def sample_cameras(self, image: np.ndarray, num_samples: int = 8, seed: int | None = 0,
-                       temperature: float = 1.0, top_k: int | None = 100, top_p: float = 1.0,
-                       cfg_scale: float = 1.0, K: np.ndarray | None = None) -> np.ndarray:
+                       temperature: float = _DEFAULT.temperature, top_k: int | None = _DEFAULT.top_k, top_p: float = _DEFAULT.top_p,
+                       cfg_scale: float = _DEFAULT.cfg_scale, K: np.ndarray | None = None) -> np.ndarray:
         """(N,4,4) cameras the model finds plausible as a next view: [observation][<GEN>] -> camera.
         `K`: pixel intrinsics of `image` (resampled to the model's camera, as in estimate_pose)."""
         validate_image(image, "image")

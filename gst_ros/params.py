@@ -14,11 +14,12 @@ from typing import Callable
 import yaml
 
 from gst_model.checkpoint import BUNDLE_PRESETS
-from gst_model.generate import DRAFT_LEN
+from gst_model.generate import DRAFT_LEN, SamplingParams
 from gst_model.pipeline import POSE_SELECTIONS, SPECULATIVE
 from gst_ros.keyframes import RekeyPolicy
 
 INT32_MAX = 2**31 - 1
+SAMPLING = SamplingParams()  # the model's sampling defaults (gst_model.generate), the nodes' too
 # Default of max_image_pixels, and of the image conversions' own limit (gst_ros.conversions).
 MAX_IMAGE_PIXELS = 4096 * 4096
 
@@ -50,10 +51,10 @@ MODEL_PARAMS = (
               "'Speculative decoding')", configure_only=True),
     ParamSpec("draft_len", DRAFT_LEN, "speculative block: the row's last token + draft_len - 1 drafted tokens per "
               "transformer pass", 2, 64, configure_only=True),
-    ParamSpec("temperature", 1.0, "sampling temperature (> 0)", 0.01, 10.0),
-    ParamSpec("top_k", 100, "top-k sampling filter (0 = no limit)", 0, 1 << 20),
-    ParamSpec("top_p", 1.0, "nucleus sampling filter", 0.01, 1.0),
-    ParamSpec("cfg_scale", 1.0, "classifier-free guidance scale (1 = none)", 0.0, 100.0),
+    ParamSpec("temperature", SAMPLING.temperature, "sampling temperature (> 0)", 0.01, 10.0),
+    ParamSpec("top_k", SAMPLING.top_k, "top-k sampling filter (0 = no limit)", 0, 1 << 20),
+    ParamSpec("top_p", SAMPLING.top_p, "nucleus sampling filter", 0.01, 1.0),
+    ParamSpec("cfg_scale", SAMPLING.cfg_scale, "classifier-free guidance scale (1 = none)", 0.0, 100.0),
     ParamSpec("seed", -1, "sampling seed (-1 = random every call)", -1, INT32_MAX),
     ParamSpec("max_samples", 32, "largest num_samples a request may ask for", 1, 256),
     ParamSpec("max_image_pixels", MAX_IMAGE_PIXELS, "larger input images are rejected (width*height)",
