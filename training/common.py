@@ -126,6 +126,9 @@ def setup_distributed() -> DistInfo:
 
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
+        # Tear down together: a rank that destroys its gloo group while its peer still sends (the last
+        # checkpoint's collectives) aborted with "terminate called without an active exception" now and then.
+        dist.barrier()
         dist.destroy_process_group()
 
 
