@@ -19,12 +19,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from gst_model import geometry
 from gst_model.checkpoint import BUNDLE_PRESETS, DEFAULT_MODEL_DIR, build_bundle, load_bundle
+from gst_model.data.synthetic import random_scene, render, sample_cameras
 from gst_model.drafting import GeometricDrafter
 from gst_model.generate import DRAFT_LEN, DecodeStats, SamplingParams, generate, sample_from_logits
+from gst_model.image import to_model_input
 from gst_model.transformer import PRESETS
 
 PATHS = ("nocache", "torch", "torch_compile", "ort", "ort_int8")
@@ -155,26 +158,17 @@ def _micro(path: str, rt, bundle, prompt: torch.Tensor, steps: int) -> tuple[flo
     return prefill, decode
 
 
-def _pair_prompt(bundle, rt, preset: str):
-    """A pose prompt [image a, <EST>, image b] and the true relative pose: a rendered synthetic pair (the
-    shipped model's own kind of scene) for 'default', noise images for random-weight presets."""
+def _pair_prompt(bundle, rt):
+    """A pose prompt [image a, <EST>, image b] and the true relative pose of a rendered synthetic pair (the
+    shipped model's own kind of scene); only the shipped model ('default') is given one."""
     view = bundle.view
     size = view.image_size
-    if preset == "default":
-        import numpy as np
-
-        from gst_model.data.synthetic import random_scene, render, sample_cameras
-        from gst_model.image import to_model_input
-
-        rng = np.random.default_rng([5, 0])
-        scene = random_scene(rng)
-        c2w, _ = sample_cameras(scene, rng, 2, fov_deg=(view.fovy_deg, view.fovy_deg), azimuth_spread_deg=40.0)
-        K = geometry.intrinsics_from_fov(view.fovy_deg, size, size).numpy()
-        images = to_model_input([render(scene, c, K, size, size) for c in c2w], size)
-        rel = geometry.relative_pose(torch.as_tensor(c2w[0]), torch.as_tensor(c2w[1]))
-    else:
-        images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
-        rel = torch.eye(4, dtype=torch.float64)
+    rng = np.random.default_rng([5, 0])
+    scene = random_scene(rng)
+    c2w, _ = sample_cameras(scene, rng, 2, fov_deg=(view.fovy_deg, view.fovy_deg), azimuth_spread_deg=40.0)
+    K = geometry.intrinsics_from_fov(view.fovy_deg, size, size).numpy()
+    images = to_model_input([render(scene, c, K, size, size) for c in c2w], size)
+    rel = geometry.relative_pose(torch.as_tensor(c2w[0]), torch.as_tensor(c2w[1]))
     codes = rt.encode_images(images)
     return images, torch.cat([codes[:1], torch.tensor([[bundle.vocab.est_token]]), codes[1:]], dim=1), rel
 
@@ -232,8 +226,9 @@ def worker(preset: str, path: str, model_dir: str, quick: bool) -> dict:
         rt.encode_rays(rays.expand(16, -1, -1, -1))
         rt.segment_log_likelihood(scored)
 
+    truth = torch.eye(4, dtype=torch.float64)
     if preset == "default":  # a real pair of the model's own kind of scene (speculation needs one)
-        images, pose_prompt, _ = _pair_prompt(bundle, rt, preset)
+        images, pose_prompt, truth = _pair_prompt(bundle, rt)
     if path == "torch_compile":  # compile every shape first: warm-up is reported, not timed
         t = time.perf_counter()
         _micro(path, rt, bundle, pose_prompt, steps)
@@ -261,19 +256,18 @@ def worker(preset: str, path: str, model_dir: str, quick: bool) -> dict:
         result["pose16_s"] = _best(lambda: pose(16), 1)
         result["view_s"] = _best(view_fn, 1 if quick else 2)
         result["extrapolated"] = False
-        result["speculative"] = _speculative(bundle, rt, preset, pose)
+        result["speculative"] = _speculative(bundle, rt, truth, pose)
     # VmHWM is this process image's own peak; ru_maxrss would carry the parent's peak across exec.
     result["peak_rss_mb"] = next(int(l.split()[1]) / 1024 for l in open("/proc/self/status")
                                  if l.startswith("VmHWM"))
     return result
 
 
-def _speculative(bundle, rt, preset: str, pose) -> dict:
+def _speculative(bundle, rt, truth: torch.Tensor, pose) -> dict:
     """Sequential transformer passes and latency per pose with speculative decoding, for each draft kind:
     'geometric' refits the identity to every new grid row; 'tracked' drafts a prior 3 degrees from the truth
     (the localize node's previous estimate of a slowly moving camera), never refitted."""
     view, vocab = bundle.view, bundle.vocab
-    _, _, truth = _pair_prompt(bundle, rt, preset)
     K_ray = geometry.intrinsics_from_fov(view.fovy_deg, view.ray_size, view.ray_size).double()
     grid = bundle.transformer.config.grid_size
     drafts = {"geometric": lambda: GeometricDrafter(rt, vocab.camera_offset, grid, view.ray_size, K_ray,

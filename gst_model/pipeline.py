@@ -144,8 +144,7 @@ class GSTPipeline:
             return None
         prior = np.eye(4) if prior_c2w is None else np.asarray(prior_c2w, dtype=np.float64)
         geometry.validate_rigid(torch.as_tensor(prior))
-        K_ray = torch.as_tensor(self.default_intrinsics())
-        K_ray[:2] *= self.view.ray_size / self.view.image_size
+        K_ray = torch.as_tensor(self._ray_pixels(self.default_intrinsics()))
         return GeometricDrafter(self.runtime, self.vocab.camera_offset, self.bundle.transformer.config.grid_size,
                                 self.view.ray_size, K_ray, torch.as_tensor(prior),
                                 estimate_intrinsics=self.estimate_intrinsics, refit_rows=0 if prior_c2w is not None else 1)
@@ -242,7 +241,6 @@ class GSTPipeline:
         codes = self._image_codes([image_a, image_b], [K_a, K_b])
         task = torch.full((1, 1), self.vocab.task_token(Task.POSE), dtype=torch.long, device=codes.device)
         prompt = torch.cat([codes[:1], task, codes[1:]], dim=1).expand(n, -1)
-        T = self.vocab.tokens_per_view
         cams = self._generate(prompt, sampling, self.vocab.camera_range(), seed, self._camera_drafter(prior_c2w))
         fit = self._decode_cameras(cams)
         samples = fit.c2w.numpy()
@@ -350,7 +348,6 @@ class GSTPipeline:
         obs = self._image_codes([image], [self._real_intrinsics(image, K_image, "K_image")])
         task = torch.full((1, 1), self.vocab.task_token(Task.VIEW), dtype=torch.long, device=obs.device)
         prompt = torch.cat([obs, task, self._camera_codes(c2w, K).to(obs.device)], dim=1).expand(n, -1)
-        T = self.vocab.tokens_per_view
         tokens = self._generate(prompt, sampling, self.vocab.image_range(), seed)
         return self.runtime.decode_images(tokens.clamp(0, self.vocab.image_codes - 1))
 
@@ -365,6 +362,5 @@ class GSTPipeline:
         obs = self._image_codes([image], [self._real_intrinsics(image, K, "K")])
         task = torch.full((1, 1), self.vocab.task_token(Task.VIEW), dtype=torch.long, device=obs.device)
         prompt = torch.cat([obs, task], dim=1).expand(n, -1)
-        T = self.vocab.tokens_per_view
         cams = self._generate(prompt, sampling, self.vocab.camera_range(), seed, self._camera_drafter(None))
         return self._decode_cameras(cams).c2w.numpy()

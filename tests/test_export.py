@@ -116,10 +116,10 @@ def test_tokenizer_graphs_match_torch(bundle, ort, torch_rt):
     assert (ort.decode_rays(ray_codes) - torch_rt.decode_rays(ray_codes)).abs().max() < 1e-4
 
 
-def _decoders(bundle, model_dir):
-    return {"torch": TorchRuntime(bundle).decoder(),
-            "ort": OrtRuntime(bundle, model_dir=model_dir, threads=1, verify=False).decoder(),
-            "ort-static": OrtRuntime(bundle, model_dir=model_dir, static=True, threads=1, verify=False).decoder()}
+def _decoder(bundle, model_dir, which):
+    if which == "torch":
+        return TorchRuntime(bundle).decoder()
+    return OrtRuntime(bundle, model_dir=model_dir, static=which == "ort-static", threads=1, verify=False).decoder()
 
 
 @pytest.mark.parametrize("which", ["torch", "ort", "ort-static"])
@@ -127,7 +127,7 @@ def test_block_decoding_matches_the_full_forward(bundle, model_dir, which):
     """2 prompts x 2 rows: plain steps, then speculative blocks of 3 whose rows keep different numbers of
     tokens (the rest is overwritten by the next block), each row's logits equal to a full forward pass over its
     own sequence. Static graphs run blocks of their exported draft length."""
-    decoder = _decoders(bundle, model_dir)[which]
+    decoder = _decoder(bundle, model_dir, which)
     model = bundle.transformer
     T = model.config.grid_size ** 2
     P, copies = 2 * T + 1, 2

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -105,6 +106,19 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+@contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to n (> 0; 0 keeps them) inside the block and restored after, so callers in
+    the same process (tests) keep their setting."""
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def setup_distributed() -> DistInfo:

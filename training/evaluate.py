@@ -35,7 +35,6 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on evaluation machines
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from gst_model import metrics  # noqa: E402
@@ -46,6 +45,7 @@ from gst_model.image import center_crop_resize, crop_resize_intrinsics  # noqa: 
 from gst_model.pipeline import POSE_SELECTIONS, GSTPipeline  # noqa: E402
 from gst_model.pose_samples import summarize  # noqa: E402
 from training import baselines  # noqa: E402
+from training.common import torch_threads  # noqa: E402
 from training.lpips import LPIPS  # noqa: E402
 
 log = logging.getLogger("gst.evaluate")
@@ -329,30 +329,34 @@ def plot_rotation_errors(errors: dict[str, np.ndarray], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_views(figures: dict, n: int, path: Path) -> None:
-    n = min(n, len(figures["targets"]))
-    fig, axes = plt.subplots(n, 3, figsize=(6, 2.1 * n), squeeze=False)
-    for row, k in zip(axes, range(n)):
-        rec = figures["records"][k]
-        images = (figures["observations"][k], figures["predictions"][k], figures["targets"][k])
-        titles = ("observation", f"GST, {rec['gst_psnr']:.1f} dB", f"truth, {rec['gt_rotation_deg']:.0f}°")
-        for ax, im, title in zip(row, images, titles):
+def save_image_grid(rows: list[list[tuple[np.ndarray, str]]], path: Path, fontsize: int = 8) -> None:
+    """One figure row per list of (image, title), saved to path."""
+    cols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(2 * cols, 2.1 * len(rows)), squeeze=False)
+    for axes_row, row in zip(axes, rows):
+        for ax, (im, title) in zip(axes_row, row):
             ax.imshow(im)
-            ax.set_title(title, fontsize=8)
+            ax.set_title(title, fontsize=fontsize)
+        for ax in axes_row:
             ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
+def plot_views(figures: dict, n: int, path: Path) -> None:
+    rows = []
+    for k in range(min(n, len(figures["targets"]))):
+        rec = figures["records"][k]
+        rows.append([(figures["observations"][k], "observation"),
+                     (figures["predictions"][k], f"GST, {rec['gst_psnr']:.1f} dB"),
+                     (figures["targets"][k], f"truth, {rec['gt_rotation_deg']:.0f}°")])
+    save_image_grid(rows, path)
+
+
 def run(args: argparse.Namespace) -> dict:
-    threads = torch.get_num_threads()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         return _run(args)
-    finally:
-        torch.set_num_threads(threads)  # callers in the same process (tests) keep their setting
 
 
 def _run(args: argparse.Namespace) -> dict:

@@ -41,7 +41,6 @@ import matplotlib
 matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -57,7 +56,9 @@ from gst_model.image import center_crop_resize, crop_resize_intrinsics  # noqa: 
 from gst_model.pipeline import GSTPipeline  # noqa: E402
 from gst_model.pose_samples import summarize  # noqa: E402
 from training import baselines  # noqa: E402
-from training.evaluate import _finite_or_none, _fmt, _image_metrics, _load_lpips, _view_summary  # noqa: E402
+from training.common import torch_threads  # noqa: E402
+from training.evaluate import (_finite_or_none, _fmt, _image_metrics, _load_lpips, _view_summary,  # noqa: E402
+                               save_image_grid)
 
 log = logging.getLogger("gst.evaluate_real")
 
@@ -367,34 +368,21 @@ def plot_views(figures: dict, n: int, path: Path) -> None:
     rank = np.random.default_rng(0).permutation(len(records))
     order = sorted(range(len(records)), key=lambda i: (sum(r["scene"] == records[i]["scene"] and rank[j] < rank[i]
                                                            for j, r in enumerate(records)), i))[:n]
-    cols = 4 if figures["expected"] is not None else 3
-    fig, axes = plt.subplots(len(order), cols, figsize=(2 * cols, 2.1 * len(order)), squeeze=False)
-    for row, k in zip(axes, order):
+    rows = []
+    for k in order:
         r = records[k]
-        images = [figures["observations"][k], figures["predictions"][k]]
-        titles = [f"{r['scene']}: observation", f"GST sample, {r['gst_psnr']:.1f} dB"]
+        row = [(figures["observations"][k], f"{r['scene']}: observation"),
+               (figures["predictions"][k], f"GST sample, {r['gst_psnr']:.1f} dB")]
         if figures["expected"] is not None:
-            images.append(figures["expected"][k])
-            titles.append(f"expected, {r['gst_expected_psnr']:.1f} dB")
-        images.append(figures["targets"][k])
-        titles.append(f"truth, {r['gt_rotation_deg']:.0f}°")
-        for ax, im, title in zip(row, images, titles):
-            ax.imshow(im)
-            ax.set_title(title, fontsize=7)
-            ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+            row.append((figures["expected"][k], f"expected, {r['gst_expected_psnr']:.1f} dB"))
+        row.append((figures["targets"][k], f"truth, {r['gt_rotation_deg']:.0f}°"))
+        rows.append(row)
+    save_image_grid(rows, path, fontsize=7)
 
 
 def run(args: argparse.Namespace) -> dict:
-    threads = torch.get_num_threads()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         return _run(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(args: argparse.Namespace) -> dict:

@@ -23,6 +23,7 @@ class GraphRuntime:
         if static and not manifest.get("static_batch"):
             raise ValueError("static graphs requested but the export has none (export with --static-batch)")
         self.static_batch = manifest.get("static_batch")
+        self._cache_inputs: dict[str, list[str]] = {}  # graph -> names of its cache inputs, in order
 
     def _run(self, graph: str, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         raise NotImplementedError
@@ -70,8 +71,10 @@ class GraphRuntime:
                      cache: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """tokens, input_pos [B,K] over the graph's cache inputs (in its input order) -> (logits [B,K,V],
         the block's keys/values [k_0, v_0, ...] each [B,H,K,D])."""
-        names = [spec["name"] for spec in self.manifest["graphs"][graph]["inputs"][2:]]
-        out = self._run(graph, {"tokens": tokens, "input_pos": input_pos, **dict(zip(names, cache))})
+        if graph not in self._cache_inputs:
+            self._cache_inputs[graph] = [spec["name"] for spec in self.manifest["graphs"][graph]["inputs"][2:]]
+        out = self._run(graph, {"tokens": tokens, "input_pos": input_pos,
+                                **dict(zip(self._cache_inputs[graph], cache))})
         return out[0], out[1:]
 
     def segment_log_likelihood(self, tokens: torch.Tensor) -> torch.Tensor:
