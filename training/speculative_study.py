@@ -1,0 +1,219 @@
+"""Where speculative decoding's transformer passes go, on held-out synthetic test pairs.
+
+    python -m training.speculative_study --out docs/speculative [--pairs 10] [--accuracy-pairs 40]
+
+Writes report.md + metrics.json with, for the model (default: the shipped one):
+  passes      transformer passes per pose (plain decoding: T) with geometric drafts, greedy N=1 (and whether
+              the tokens equal plain greedy's) and sampled N=16, and the share of drafted tokens accepted by
+              grid row;
+  drafts      how well a camera fitted to the first k known grid rows predicts the next 8 tokens of a sample:
+              from the decoded full grid (the known rows' rays undisturbed) and from the partial grid with the
+              unknown rows filled from the identity draft (what the drafter can do while decoding);
+  refit cost  one decode + fit + encode of 16 ray maps, against one plain decode step;
+  accuracy    pose accuracy of estimate_pose (16 samples, likelihood selection) with and without speculation.
+The test split is rendered into --data from the default build's synthetic settings when it is missing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from gst_model import geometry, metrics
+from gst_model.data.make_synthetic import SyntheticConfig, assign_splits, render_scene
+from gst_model.data.pairs import PairDataset
+from gst_model.data.registry import read_split
+from gst_model.drafting import GeometricDrafter
+from gst_model.generate import DRAFT_LEN, DecodeStats, SamplingParams, generate
+from gst_model.image import to_model_input
+from gst_model.pipeline import GSTPipeline
+from training.common import torch_threads
+
+DEFAULT_BUILD = Path(__file__).parent / "configs" / "default.yaml"
+
+
+def ensure_test_split(root: Path) -> None:
+    """Render the default build's test-split scenes into root (RealEstate10K layout) unless they are there."""
+    if (root / "test").is_dir():
+        return
+    syn = yaml.safe_load(DEFAULT_BUILD.read_text())["synthetic"]
+    cfg = SyntheticConfig(out=str(root), scenes=syn["scenes"], views_per_scene=syn["views_per_scene"], size=syn["size"],
+                          seed=syn["seed"], split_fractions=tuple(syn["split_fractions"]), fov_min=syn["fov_min"],
+                          fov_max=syn["fov_max"], azimuth_spread=syn["azimuth_spread"])
+    for index, split in enumerate(assign_splits(cfg.scenes, cfg.split_fractions, cfg.seed)):
+        if split == "test":
+            render_scene(cfg, index, split)
+
+
+class Study:
+    def __init__(self, pipe: GSTPipeline, pairs: PairDataset):
+        self.pipe, self.pairs = pipe, pairs
+        self.rt, self.vocab, self.view = pipe.runtime, pipe.vocab, pipe.view
+        self.T = self.vocab.tokens_per_view
+        self.grid = pipe.bundle.transformer.config.grid_size
+        self.K_ray = torch.as_tensor(pipe._ray_pixels(pipe.default_intrinsics()))
+        self.ranges = [(self.T, self.vocab.camera_range())]
+
+    def prompt(self, i: int, n: int) -> torch.Tensor:
+        p = self.pairs.sample(i)
+        codes = self.rt.encode_images(to_model_input([p.obs_image, p.target_image], self.view.image_size))
+        return torch.cat([codes[:1], torch.tensor([[self.vocab.est_token]]), codes[1:]], dim=1).expand(n, -1)
+
+    def drafter(self) -> GeometricDrafter:
+        return GeometricDrafter(self.rt, self.vocab.camera_offset, self.grid, self.view.ray_size, self.K_ray,
+                                torch.eye(4, dtype=torch.float64))
+
+    def encode(self, c2w: torch.Tensor) -> torch.Tensor:
+        rays = geometry.plucker_rays_from_intrinsics(c2w, self.K_ray, self.view.ray_size, self.view.ray_size)
+        return self.rt.encode_rays(rays.float()) + self.vocab.camera_offset
+
+    def passes(self, n_pairs: int, n: int, sampling: SamplingParams) -> dict:
+        passes, identical = [], 0
+        accepted, drafted = np.zeros(self.T), np.zeros(self.T)
+        for i in range(n_pairs):
+            prompt = self.prompt(i, n)
+            stats = DecodeStats()
+            spec = generate(self.rt.decoder(), prompt, self.T, sampling, segment_ranges=self.ranges, draft=self.drafter(),
+                            stats=stats, generator=torch.Generator().manual_seed(i))
+            if sampling.greedy:
+                plain = generate(self.rt.decoder(), prompt, self.T, sampling, segment_ranges=self.ranges)
+                identical += int(torch.equal(spec, plain))
+            passes.append(stats.passes)
+            accepted += stats.accepted
+            drafted += stats.drafted
+        g = self.grid
+        by_row = [float(accepted[r * g:(r + 1) * g].sum() / max(drafted[r * g:(r + 1) * g].sum(), 1)) for r in range(g)]
+        return {"pairs": n_pairs, "samples": n, "mean_passes": float(np.mean(passes)), "plain_passes": self.T,
+                "identical_to_plain": identical if sampling.greedy else None, "acceptance_by_row": by_row}
+
+    def draft_agreement(self, n_pairs: int, rows=(1, 2, 4)) -> dict:
+        """Share of the 8 tokens after k known rows that a camera fitted to those rows predicts."""
+        out: dict[str, list[float]] = {}
+        R, g, T = self.view.ray_size, self.grid, self.T
+        identity = self.encode(torch.eye(4, dtype=torch.float64)[None])
+        for i in range(n_pairs):
+            prompt = self.prompt(i, 4)
+            for mode, sampling in (("sampled", SamplingParams()), ("greedy", SamplingParams(greedy=True))):
+                tokens = generate(self.rt.decoder(), prompt, T, sampling, segment_ranges=self.ranges,
+                                  generator=torch.Generator().manual_seed(i))
+                full = self.rt.decode_rays(tokens - self.vocab.camera_offset).double()
+                for k in rows:
+                    known = k * g
+                    weights = (torch.arange(R) * g // R < k).double()[None, :, None].expand(len(tokens), R, R)
+                    partial_grid = torch.where(torch.arange(T) < known, tokens, identity)
+                    partial = self.rt.decode_rays(partial_grid - self.vocab.camera_offset).double()
+                    for source, rays in (("full", full), ("partial", partial)):
+                        fit = geometry.cameras_from_plucker(rays, K=self.K_ray, weights=weights)
+                        agree = (self.encode(fit.c2w) == tokens)[:, known:known + 8].float().mean().item()
+                        out.setdefault(f"{mode} {k} rows {source}", []).append(agree)
+        return {key: float(np.mean(v)) for key, v in out.items()}
+
+    @torch.inference_mode()
+    def refit_cost(self, repeats: int = 5) -> dict:
+        tokens = generate(self.rt.decoder(), self.prompt(0, 16), self.T, SamplingParams(), segment_ranges=self.ranges,
+                          generator=torch.Generator().manual_seed(0))
+        drafter, lengths = self.drafter(), torch.full((16,), self.grid)
+        times = []
+        for _ in range(repeats):
+            drafter.draft = drafter.fitted_rows = None  # a fresh first refit each time
+            t = time.perf_counter()
+            drafter(tokens, lengths)
+            times.append(time.perf_counter() - t)
+        decoder = self.rt.decoder()
+        decoder.prefill(self.prompt(0, 1)[:1], 0, 16, self.T)
+        step = []
+        pos = torch.full((16, 1), self.prompt(0, 1).shape[1])
+        for _ in range(repeats):
+            t = time.perf_counter()
+            decoder.decode(tokens[:, :1], pos)
+            step.append(time.perf_counter() - t)
+        decoder.close()
+        return {"refit_16_maps_s": min(times), "decode_step_16_rows_s": min(step)}
+
+    def accuracy(self, n_pairs: int) -> dict:
+        spec = GSTPipeline(self.pipe.bundle, speculative=True)
+        poses = {"plain": [], "speculative": []}
+        seconds = {"plain": 0.0, "speculative": 0.0}
+        truth = []
+        for i in range(n_pairs):
+            p = self.pairs.sample(i)
+            truth.append(p.rel_c2w)
+            for name, pipe in (("plain", self.pipe), ("speculative", spec)):
+                t = time.perf_counter()
+                poses[name].append(pipe.estimate_pose(p.obs_image, p.target_image, num_samples=16, seed=i).c2w)
+                seconds[name] += time.perf_counter() - t
+        out = {}
+        for name, estimates in poses.items():
+            e = metrics.rotation_errors_deg(np.stack(estimates), np.stack(truth))
+            out[name] = {"rot_acc_15": float(np.mean(e <= 15)), "rot_acc_30": float(np.mean(e <= 30)),
+                         "rot_median_deg": float(np.median(e)), "seconds_per_pose": seconds[name] / n_pairs}
+        return {"pairs": n_pairs, **out}
+
+
+def write_report(result: dict, path: Path) -> None:
+    cfg = result["config"]
+    lines = [f"# Speculative decoding of camera tokens: `{cfg['model']}` on `{cfg['data']}` (test)", "",
+             f"Written by `python -m training.speculative_study` ({cfg['threads']} threads, load average "
+             f"{cfg['load_avg']:.1f} at start). Blocks of {DRAFT_LEN} tokens; geometric drafts (identity, refitted "
+             "to every newly completed grid row).", "", "## Transformer passes per pose", "",
+             "| decoding | pairs | mean passes (plain) | tokens equal plain greedy | acceptance by grid row |",
+             "|---|---|---|---|---|"]
+    for name, r in result["passes"].items():
+        same = "-" if r["identical_to_plain"] is None else f"{r['identical_to_plain']}/{r['pairs']}"
+        lines.append(f"| {name} | {r['pairs']} | {r['mean_passes']:.1f} ({r['plain_passes']}) | {same} | "
+                     + " ".join(f"{a:.2f}" for a in r["acceptance_by_row"]) + " |")
+    lines += ["", "## Drafts from k known grid rows: share of the next 8 tokens predicted", "",
+              "'full': the camera fitted to the known rows of the fully decoded sample (undisturbed rays); "
+              "'partial': fitted after decoding the partial grid with the unknown rows filled from the identity "
+              "draft, as the drafter must.", "", "| sample, rows known, decode | agreement |", "|---|---|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in result["drafts"].items()]
+    c = result["cost"]
+    lines += ["", "## Cost", "", f"One refit of 16 rows (decode + fit + encode): {c['refit_16_maps_s'] * 1e3:.0f} ms; "
+              f"one plain decode step of 16 rows: {c['decode_step_16_rows_s'] * 1e3:.1f} ms.", "",
+              "## Pose accuracy with and without speculation (16 samples, likelihood selection)", "",
+              "| decoding | Rot@15 | Rot@30 | median rot err | s per pose | pairs |", "|---|---|---|---|---|---|"]
+    acc = result["accuracy"]
+    for name in ("plain", "speculative"):
+        r = acc[name]
+        lines.append(f"| {name} | {r['rot_acc_15']:.0%} | {r['rot_acc_30']:.0%} | {r['rot_median_deg']:.1f}° | "
+                     f"{r['seconds_per_pose']:.2f} | {acc['pairs']} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model)")
+    p.add_argument("--data", default="data/synthetic", help="RealEstate10K-layout root holding the test split")
+    p.add_argument("--out", required=True)
+    p.add_argument("--pairs", type=int, default=10, help="pairs for the pass counts and draft agreement")
+    p.add_argument("--accuracy-pairs", type=int, default=40)
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args(argv)
+    with torch_threads(args.threads):
+        data = Path(args.data)
+        ensure_test_split(data)
+        pipe = GSTPipeline.from_pretrained(args.model, flush_denormal=True)
+        study = Study(pipe, PairDataset(read_split(str(data), "test"), size=pipe.view.image_size, pairs_per_scene=48))
+        result = {"config": {"model": args.model or "shipped default", "data": str(data),
+                             "threads": torch.get_num_threads(), "load_avg": os.getloadavg()[0]},
+                  "passes": {"greedy, N=1": study.passes(args.pairs, 1, SamplingParams(greedy=True)),
+                             "sampled, N=16": study.passes(args.pairs, 16, SamplingParams())},
+                  "drafts": study.draft_agreement(min(args.pairs, 6)),
+                  "cost": study.refit_cost(),
+                  "accuracy": study.accuracy(args.accuracy_pairs)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_report(result, out / "report.md")
+    print((out / "report.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
