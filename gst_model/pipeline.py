@@ -287,11 +287,28 @@ class GSTPipeline:
         """log p(image b | image a, <GEN>, camera) for each camera c2w [N,4,4] with intrinsics K_ray [N,3,3]
         (ray-map pixels), re-encoded from its ray map: the score is that of the rigid camera reported, not of
         the raw sampled tokens."""
+        return self._segment_log_likelihoods(codes_a, codes_b, c2w, K_ray, Task.VIEW)
+
+    def _segment_log_likelihoods(self, codes_a, codes_b, c2w, K_ray, task: Task) -> np.ndarray:
+        """Each camera's log-likelihood of the last segment of its task's layout: image b (VIEW:
+        [a][<GEN>][camera][b]) or the camera (POSE: [a][<EST>][b][camera])."""
         cameras = self._encode_cameras(c2w, K_ray).to(codes_a.device)
         n = cameras.shape[0]
-        task = torch.full((n, 1), self.vocab.task_token(Task.VIEW), dtype=torch.long, device=codes_a.device)
-        sequences = torch.cat([codes_a.expand(n, -1), task, cameras, codes_b.expand(n, -1)], dim=1)
+        task_ids = torch.full((n, 1), self.vocab.task_token(task), dtype=torch.long, device=codes_a.device)
+        middle, last = (cameras, codes_b.expand(n, -1)) if task == Task.VIEW else (codes_b.expand(n, -1), cameras)
+        sequences = torch.cat([codes_a.expand(n, -1), task_ids, middle, last], dim=1)
         return self.runtime.segment_log_likelihood(sequences).double().numpy()
+
+    def pose_log_likelihoods(self, image_a: np.ndarray, image_b: np.ndarray, c2w: np.ndarray,
+                             intrinsics: np.ndarray, K_a: np.ndarray | None = None,
+                             K_b: np.ndarray | None = None) -> np.ndarray:
+        """log p(camera | image a, <EST>, image b) of cameras c2w [N,4,4] (camera b in camera a's frame) with
+        ray-map intrinsics [N,3,3] (e.g. a PoseEstimate's `samples` and `intrinsics`): the pose layout's own
+        score of each hypothesis, re-encoded from its ray map. Images and K_a, K_b as in estimate_pose."""
+        K_a, K_b = self._real_intrinsics(image_a, K_a, "K_a"), self._real_intrinsics(image_b, K_b, "K_b")
+        codes = self._image_codes([image_a, image_b], [K_a, K_b])
+        return self._segment_log_likelihoods(codes[:1], codes[1:], torch.as_tensor(c2w, dtype=torch.float64),
+                                             torch.as_tensor(intrinsics, dtype=torch.float64), Task.POSE)
 
     def predict_view(self, image: np.ndarray, c2w_rel: np.ndarray, num_samples: int = 1, seed: int | None = 0,
                      K: np.ndarray | None = None, temperature: float = _DEFAULT.temperature, top_k: int | None = _DEFAULT.top_k,

@@ -74,13 +74,19 @@ def _gst_config(cfg: dict, out: Path, steps: int) -> train_gst.GSTTrainConfig:
 
 def test_resume_is_exact(built, tmp_path):
     _, cfg = built
-    train_gst.main(_gst_config(cfg, tmp_path / "straight", 4))
+    straight = _gst_config(cfg, tmp_path / "straight", 4)
+    straight.keep_every, straight.save_every = 2, 4  # weights kept at steps 2 and 4
+    train_gst.main(straight)
     train_gst.main(_gst_config(cfg, tmp_path / "resumed", 2))
+    half = load_file(str(tmp_path / "resumed/last/transformer.safetensors"))
     train_gst.main(_gst_config(cfg, tmp_path / "resumed", 4))  # continues from step 2
     a = load_file(str(tmp_path / "straight/last/transformer.safetensors"))
     b = load_file(str(tmp_path / "resumed/last/transformer.safetensors"))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    kept = {step: load_file(str(tmp_path / f"straight/step_{step:06d}/transformer.safetensors")) for step in (2, 4)}
+    assert all(torch.equal(kept[2][k], half[k]) for k in a) and all(torch.equal(kept[4][k], a[k]) for k in a)
+    assert not all(torch.equal(kept[2][k], a[k]) for k in a)
 
 
 def test_init_from_fine_tunes_existing_weights(built, tmp_path):

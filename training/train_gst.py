@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,8 @@ class GSTTrainConfig:
     eval_every: int = 200
     eval_batches: int = 8
     save_every: int = 500
+    # Also keep the weights of every keep_every-th step in out/step_NNNNNN (accuracy-vs-training curves; 0 = off)
+    keep_every: int = 0
     log_every: int = 20
     seed: int = 0
     device: str = "auto"
@@ -247,7 +250,8 @@ def main(cfg: GSTTrainConfig) -> Path:
         # only the main rank evaluates (gathering is then just a reference to the local state).
         evaluating = (done % cfg.eval_every == 0 or last) and (sharded or dist_info.is_main)
         metrics = evaluate(model, val, vocab, cfg, device) if evaluating else {}
-        saving = done % cfg.save_every == 0 or last
+        keeping = cfg.keep_every > 0 and done % cfg.keep_every == 0
+        saving = done % cfg.save_every == 0 or last or keeping
         weights, optim_state = full_state(model, optimizer) if saving else (None, None)
         if dist_info.is_main:
             bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}")
@@ -258,6 +262,10 @@ def main(cfg: GSTTrainConfig) -> Path:
             if saving:
                 save_training_state(out / "last", {"transformer": weights}, optim_state, done, config_to_dict(cfg),
                                     ema={"transformer": _ema_module(model, ema)} if ema else None)
+                if keeping:
+                    kept = out / f"step_{done:06d}"
+                    kept.mkdir(exist_ok=True)
+                    shutil.copyfile(out / "last" / "transformer.safetensors", kept / "transformer.safetensors")
     if dist_info.is_main:
         plot_curves(csv, out / "train_curves.png", f"GST {cfg.preset} ({cfg.objective})")
     cleanup_distributed()

@@ -84,7 +84,7 @@ def _synthetic_pairs(args):
         yield p.obs_image, p.target_image, None, None, p.rel_c2w
 
 
-def _real_pairs(args):
+def real_pairs(args):
     """The pairs of training.evaluate_real (same selection, sizes and seed), translations in scene scales."""
     from gst_model.data.real_samples import evaluation_scenes
     from training.evaluate_real import limit_size, select_pairs
@@ -329,7 +329,7 @@ def run(args: argparse.Namespace) -> dict:
             raise RuntimeError(classical.OPENCV_ERROR)
         pipe = GSTPipeline.from_pretrained(args.model)
         t0 = time.time()
-        cache = collect(pipe, _real_pairs(args) if args.real else _synthetic_pairs(args), args)
+        cache = collect(pipe, real_pairs(args) if args.real else _synthetic_pairs(args), args)
         log.info("sampled %d pairs in %.0f s", len(cache["truth"]), time.time() - t0)
         np.savez(out / "samples.npz", **cache)
     result = analyse(Study(cache, args.inlier_deg), args.seed)

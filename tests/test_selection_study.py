@@ -1,0 +1,72 @@
+"""Pose selection rules (training.selection_study) and the pose layout's own score of a hypothesis."""
+import numpy as np
+import pytest
+import torch
+
+from gst_model import GSTPipeline
+from gst_model.data.cameras import look_at
+from gst_model.geometry import rotation_angle_deg
+from gst_model.vocab import Task
+from training import selection_study
+
+
+def _turn(deg: float) -> np.ndarray:
+    """A camera turned by `deg` about its y axis."""
+    c2w = np.eye(4)
+    a = np.radians(deg)
+    c2w[:3, :3] = [[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]]
+    return c2w
+
+
+@pytest.fixture
+def study_data():
+    """Two pairs of 4 samples turned by 0, 20, 40, 60 degrees; the truth is 40 degrees."""
+    samples = np.stack([np.stack([_turn(d) for d in (0, 20, 40, 60)])] * 2)
+    return {"samples": samples,
+            "view_ll": np.array([[0.0, 5.0, 1.0, 2.0], [3.0, 0.0, 0.0, 0.0]]),
+            "pose_ll": np.array([[0.0, -9.0, 4.0, 0.0], [0.0, 0.0, 0.0, 3.0]]),
+            "residuals": np.array([[0.1, 0.9, 0.1, 0.1], [0.1, 0.1, 0.2, 0.9]]),
+            "truth": np.stack([_turn(40)] * 2)}
+
+
+def test_each_rule_picks_its_own_sample(study_data):
+    d = {k: v[0] for k, v in study_data.items()}
+    args = d["samples"], d["view_ll"], d["pose_ll"], d["residuals"]
+    assert selection_study.choose("view_likelihood", *args) == 1
+    assert selection_study.choose("pose_likelihood", *args) == 2
+    assert selection_study.choose("joint", *args) == 2  # 1 + 4 beats 5 - 9
+    # sample 1 is the most likely view but its rays are not a rigid camera: dropped
+    assert selection_study.choose("low_residual_view", *args) == 3
+    assert selection_study.choose("consensus", *args) is None
+    with pytest.raises(ValueError, match="unknown rule"):
+        selection_study.choose("mode", *args)
+
+
+def test_estimates_are_built_around_the_chosen_sample_and_best_of_n_is_the_closest(study_data):
+    est = selection_study.estimates(study_data, inlier_deg=5.0)  # no neighbours: the estimate is the anchor
+    truth = study_data["truth"]
+    np.testing.assert_allclose(rotation_angle_deg(est["view_likelihood"][:, :3, :3], truth[:, :3, :3]), [20, 40],
+                               atol=1e-6)
+    np.testing.assert_allclose(rotation_angle_deg(est["best_of_n"][:, :3, :3], truth[:, :3, :3]), [0, 0], atol=1e-6)
+    np.testing.assert_allclose(est["identity"], np.stack([np.eye(4)] * 2))
+    scores = selection_study.score(study_data)
+    assert scores["best_of_n"]["rot_acc_15"] == 1.0 and scores["view_likelihood"]["rot_acc_15"] == 0.0
+    assert scores["pose_likelihood"]["rot_acc_15"] == 0.5
+
+
+def test_pose_log_likelihoods_score_the_camera_last_in_the_pose_layout():
+    pipe = GSTPipeline.from_pretrained("tiny")
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2))
+    c2w = np.stack([look_at(np.array([0.3 * i, -2.0, 0.5]), np.array([0.0, 0.0, 0.5])) for i in range(3)])
+    K_ray = np.stack([pipe._ray_pixels(pipe.default_intrinsics())] * 3)
+    got = pipe.pose_log_likelihoods(a, b, c2w, K_ray)
+    codes = pipe._image_codes([a, b])
+    cams = pipe._encode_cameras(torch.as_tensor(c2w), torch.as_tensor(K_ray))
+    est = torch.full((3, 1), pipe.vocab.task_token(Task.POSE), dtype=torch.long)
+    want = pipe.runtime.segment_log_likelihood(torch.cat([codes[:1].expand(3, -1), est, codes[1:].expand(3, -1),
+                                                          cams], dim=1)).double().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    # not the view layout's score of the same cameras
+    view = pipe._view_log_likelihoods(codes[:1], codes[1:], torch.as_tensor(c2w), torch.as_tensor(K_ray))
+    assert not np.allclose(got, view)
