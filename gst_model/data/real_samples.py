@@ -13,7 +13,8 @@ Where they come from (pip downloads the archives; only the files listed below ar
   scikit-image 0.26.0 wheel (PyPI)  `stereo_motorcycle`: a rectified stereo pair of the Middlebury 2014
                                     benchmark at 1/4 resolution (741x500; focal 994.978 px, principal
                                     point (311.193, 254.877), right camera's cx + 31.086 px, baseline
-                                    193.001 mm, identical orientations).
+                                    193.001 mm, identical orientations); and ten CC0 / public-domain
+                                    photographs (TEXTURE_PHOTOS: textures.py's bank for photo materials).
 
 The cache is `$GST_REAL_DATA` or `~/.cache/gst_ros/real`. Fetching is idempotent: each archive's sha256
 is checked after download, and each extracted set is checked against a digest of its files (names and
@@ -75,6 +76,12 @@ _KAPTURE_SAMPLES = tuple(f"samples/{p}" for p in (
     "t265/ros_kapture/sensors/records_data/cam00?/*.jpg",
 ))
 
+# Licensed CC0 or public domain as documented in skimage.data: brick, grass, gravel (CC0Textures), coffee
+# (Rachel Michetti), chelsea (Stefan van der Walt), astronaut and hubble_deep_field (NASA), rocket (SpaceX),
+# camera (Library of Congress), coins (Walters Art Museum).
+TEXTURE_PHOTOS = ("brick.png", "grass.png", "gravel.png", "coffee.png", "chelsea.png", "astronaut.png", "rocket.jpg",
+                  "camera.png", "coins.png", "hubble_deep_field.jpg")
+
 SOURCES = (
     Source("kapture", ("--no-deps", "--no-binary", ":all:", "kapture==1.1.12"), "kapture-1.1.12.tar.gz",
            "1c3a4d5eaffe7d2df7135f8d8cf6f664ed7a4a4ac1d1f9cf3373934ddb7e4dba", "kapture-1.1.12/",
@@ -85,8 +92,8 @@ SOURCES = (
                             "scikit-image==0.26.0"),
            "scikit_image-0.26.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
            "74aa5518ccea28121f57a95374581d3b979839adc25bb03f289b1bc9b99c58af", "skimage/data/",
-           ("motorcycle_left.png", "motorcycle_right.png"),
-           "87388eaab08e5fb7df8d57ce1af5f114204a3e614bba75deef4a8f95aecfaf26"),
+           ("motorcycle_left.png", "motorcycle_right.png") + TEXTURE_PHOTOS,
+           "187f415a0c166d3b5ca1dfab78b2d51fc6e10b36e4918994e177b0f1161c9746"),
 )
 
 # Middlebury 2014 'Motorcycle' at 1/4 resolution, as documented by skimage.data.stereo_motorcycle.

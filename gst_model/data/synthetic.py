@@ -6,6 +6,11 @@ on the z axis) holding a few spheres, boxes and cylinders. Every surface has a p
 two point lights with hard shadows. Rendering casts one ray per sample from the camera centre, keeps
 the nearest hit over all primitives (so occlusion is exact) and box-averages a supersampled image.
 
+Domain randomisation (`randomized_scene`, `sample_mixed_cameras`, `camera_effects`) widens this: corridors,
+open halls and cluttered rooms, photo textures (`textures.py`), random lights, ambient, colour temperature
+and exposure, walking as well as orbiting cameras, and lens/motion blur, sensor noise, tone curves and JPEG
+on the rendered images. `random_scene` and `render` of plain scenes are unchanged by it.
+
 Everything is deterministic given a `numpy.random.Generator`; cameras follow `cameras.py`
 (OpenCV camera-to-world, K on the continuous pixel plane).
 """
@@ -13,15 +18,18 @@ from __future__ import annotations
 
 import colorsys
 import functools
+import io
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 
 from gst_model.data.cameras import look_at
+from gst_model.data.textures import photo_tile, random_tint
 from gst_model.geometry import rotation_angle_deg
 
-TEXTURES = ("solid", "checker", "stripes", "noise", "gradient", "marble")
+TEXTURES = ("solid", "checker", "stripes", "noise", "gradient", "marble", "photo")
 _EPS = 1e-4
 
 
@@ -33,6 +41,7 @@ class Material:
     scale: float = 0.5  # texture period in metres
     axis: int = 0  # direction of stripes / gradient / marble in texture space
     offset: np.ndarray = field(default_factory=lambda: np.zeros(3))  # decorrelates equal textures
+    image: np.ndarray | None = None  # "photo": float32 [h, w, 3] tile, modulated by color_a
 
 
 @dataclass
@@ -80,6 +89,7 @@ class SceneSpec:
     lights: list  # PointLight
     ambient: float
     center: np.ndarray  # where cameras look by default
+    light_rgb: np.ndarray | None = None  # per-channel gain of all light: colour temperature and exposure
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,39 +144,43 @@ def _floor_offset(obj) -> float:
     return obj.half_height * cz + obj.radius * math.sqrt(max(0.0, 1.0 - cz * cz))
 
 
-def random_scene(rng: np.random.Generator, n_objects: tuple[int, int] = (4, 8),
-                 room_xy: tuple[float, float] = (4.5, 8.0), room_height: tuple[float, float] = (2.6, 3.4),
-                 n_lights: tuple[int, int] = (1, 2)) -> SceneSpec:
-    """A random furnished room. Objects rest on the floor (some tilted, some spheres floating)."""
-    size = np.array([rng.uniform(*room_xy), rng.uniform(*room_xy), rng.uniform(*room_height)])
-    room = Room(
-        size=size,
-        floor=_material(rng, ["checker", "noise", "marble", "stripes", "checker"], sat=(0.1, 0.5),
-                        val=(0.35, 0.8), contrast=(0.1, 0.35), scale=(0.3, 0.9), hue_jump=0.1),
-        walls=_material(rng, ["solid", "stripes", "noise", "gradient", "checker"], sat=(0.05, 0.4),
-                        val=(0.65, 0.95), contrast=(0.05, 0.25), scale=(0.15, 1.5), hue_jump=0.0),
-        ceiling=_material(rng, ["solid", "noise"], sat=(0.0, 0.1), val=(0.8, 0.97),
-                          contrast=(0.02, 0.1), scale=(0.5, 2.0), hue_jump=0.0),
-    )
+def _floor_material(rng: np.random.Generator) -> Material:
+    return _material(rng, ["checker", "noise", "marble", "stripes", "checker"], sat=(0.1, 0.5),
+                     val=(0.35, 0.8), contrast=(0.1, 0.35), scale=(0.3, 0.9), hue_jump=0.1)
+
+
+def _wall_material(rng: np.random.Generator) -> Material:
+    return _material(rng, ["solid", "stripes", "noise", "gradient", "checker"], sat=(0.05, 0.4),
+                     val=(0.65, 0.95), contrast=(0.05, 0.25), scale=(0.15, 1.5), hue_jump=0.0)
+
+
+def _ceiling_material(rng: np.random.Generator) -> Material:
+    return _material(rng, ["solid", "noise"], sat=(0.0, 0.1), val=(0.8, 0.97),
+                     contrast=(0.02, 0.1), scale=(0.5, 2.0), hue_jump=0.0)
+
+
+def _place_objects(rng: np.random.Generator, size: np.ndarray, target: int, material, scale: float = 1.0) -> list:
+    """Up to `target` objects (dimensions times `scale`) on non-overlapping footprints inside the room;
+    some tilted, some spheres floating. `material(rng)` draws each object's material."""
     half_xy = size[:2] / 2 - 0.4
     objects: list = []
-    target = int(rng.integers(n_objects[0], n_objects[1] + 1))
     for _ in range(200):  # rejection sampling of non-overlapping footprints
         if len(objects) == target:
             break
         kind = rng.choice(["sphere", "box", "box", "cylinder"])
-        mat = _object_material(rng)
+        mat = material(rng)
         if kind == "sphere":
-            obj = Sphere(np.zeros(3), float(rng.uniform(0.15, 0.55)), mat)
+            obj = Sphere(np.zeros(3), float(rng.uniform(0.15, 0.55)) * scale, mat)
         elif kind == "box":
             tilt = rng.random() < 0.25
             R = _rotation_zyx(rng.uniform(0, 2 * np.pi), *(rng.uniform(-0.6, 0.6, 2) if tilt else (0, 0)))
-            half = rng.uniform([0.15, 0.15, 0.15], [0.6, 0.6, 0.9])
+            half = rng.uniform([0.15, 0.15, 0.15], [0.6, 0.6, 0.9]) * scale
             obj = Box(np.zeros(3), half, R, mat)
         else:
             tilt = rng.random() < 0.2
             R = _rotation_zyx(rng.uniform(0, 2 * np.pi), *(rng.uniform(-0.5, 0.5, 2) if tilt else (0, 0)))
-            obj = Cylinder(np.zeros(3), float(rng.uniform(0.1, 0.4)), float(rng.uniform(0.2, 0.9)), R, mat)
+            obj = Cylinder(np.zeros(3), float(rng.uniform(0.1, 0.4)) * scale, float(rng.uniform(0.2, 0.9)) * scale,
+                           R, mat)
         r = bounding_radius(obj)
         xy = rng.uniform(-half_xy + min(r, 1.0), half_xy - min(r, 1.0))
         lift = rng.uniform(0.3, 1.2) if isinstance(obj, Sphere) and rng.random() < 0.2 else 0.0
@@ -175,14 +189,84 @@ def random_scene(rng: np.random.Generator, n_objects: tuple[int, int] = (4, 8),
             continue
         if all(np.linalg.norm(obj.center[:2] - o.center[:2]) > 0.8 * (r + bounding_radius(o)) for o in objects):
             objects.append(obj)
+    return objects
+
+
+def _scene_centre(objects: list) -> np.ndarray:
+    return np.array([*np.mean([o.center[:2] for o in objects], axis=0), 0.6]) if objects \
+        else np.array([0.0, 0.0, 0.6])
+
+
+def random_scene(rng: np.random.Generator, n_objects: tuple[int, int] = (4, 8),
+                 room_xy: tuple[float, float] = (4.5, 8.0), room_height: tuple[float, float] = (2.6, 3.4),
+                 n_lights: tuple[int, int] = (1, 2)) -> SceneSpec:
+    """A random furnished room. Objects rest on the floor (some tilted, some spheres floating)."""
+    size = np.array([rng.uniform(*room_xy), rng.uniform(*room_xy), rng.uniform(*room_height)])
+    room = Room(size=size, floor=_floor_material(rng), walls=_wall_material(rng), ceiling=_ceiling_material(rng))
+    objects = _place_objects(rng, size, int(rng.integers(n_objects[0], n_objects[1] + 1)), _object_material)
     lights = [PointLight(np.array([*rng.uniform(-size[:2] / 2 + 0.5, size[:2] / 2 - 0.5), size[2] - 0.25]),
                          float(rng.uniform(0.9, 1.3)))
               for _ in range(int(rng.integers(n_lights[0], n_lights[1] + 1)))]
     for light in lights[1:]:
         light.intensity *= 0.5  # a weaker fill light
-    centre = np.array([*np.mean([o.center[:2] for o in objects], axis=0), 0.6]) if objects \
-        else np.array([0.0, 0.0, 0.6])
-    return SceneSpec(room, objects, lights, float(rng.uniform(0.25, 0.4)), centre)
+    return SceneSpec(room, objects, lights, float(rng.uniform(0.25, 0.4)), _scene_centre(objects))
+
+
+# ---------------------------------------------------------------------------------------------
+# Domain randomisation: wider geometry, photo textures, lighting and exposure (camera effects below)
+
+# room extents x, y, height (metres), object count, object size factor
+LAYOUTS = {
+    "room": ((3.5, 9.0), (3.5, 9.0), (2.4, 3.8), (3, 9), 1.0),
+    "corridor": ((2.4, 3.2), (8.0, 16.0), (2.4, 3.2), (2, 6), 0.6),
+    "open": ((10.0, 18.0), (10.0, 18.0), (3.5, 6.0), (6, 14), 1.3),
+    "clutter": ((4.0, 8.0), (4.0, 8.0), (2.5, 3.4), (12, 20), 0.5),
+}
+
+
+def _maybe_photo(material, bank, p: float, scale: tuple[float, float]):
+    """A material sampler: `material`, or with probability p a tile of a random bank photo repeating every
+    `scale` metres."""
+    def draw(rng: np.random.Generator) -> Material:
+        if not bank or rng.random() >= p:
+            return material(rng)
+        tint = random_tint(rng)
+        tile = photo_tile(bank[int(rng.integers(len(bank)))], rng)
+        return Material("photo", tint, tint, float(rng.uniform(*scale)), 0, rng.uniform(-10.0, 10.0, size=3), tile)
+    return draw
+
+
+def blackbody_rgb(kelvin: float) -> np.ndarray:
+    """Approximate sRGB colour of a black body at `kelvin` (Tanner Helland's fit), scaled to mean 1."""
+    t = kelvin / 100.0
+    r = 255.0 if t <= 66 else 329.698727446 * (t - 60) ** -0.1332047592
+    g = 99.4708025861 * math.log(t) - 161.1195681661 if t <= 66 else 288.1221695283 * (t - 60) ** -0.0755148492
+    b = 255.0 if t >= 66 else 0.0 if t <= 19 else 138.5177312231 * math.log(t - 10) - 305.0447927307
+    rgb = np.clip([r, g, b], 0.0, 255.0)
+    return rgb / rgb.mean()
+
+
+def randomized_scene(rng: np.random.Generator, bank=(), layout: str | None = None) -> SceneSpec:
+    """A scene of a random (or the given) LAYOUT: a room, a corridor, an open hall or a cluttered room.
+
+    With a `bank` of photos (float RGB images, see textures.load_texture_bank) about half the floors and
+    walls, a fifth of the ceilings and a third of the objects are photo textured. 1-3 lights of random
+    strength hang at random heights; ambient light, colour temperature (partly white-balanced, as a camera
+    would) and exposure are random too.
+    """
+    xs, ys, zs, count, scale = LAYOUTS[layout or str(rng.choice(list(LAYOUTS)))]
+    size = np.array([rng.uniform(*xs), rng.uniform(*ys), rng.uniform(*zs)])
+    room = Room(size=size, floor=_maybe_photo(_floor_material, bank, 0.5, (0.8, 3.0))(rng),
+                walls=_maybe_photo(_wall_material, bank, 0.5, (0.8, 3.0))(rng),
+                ceiling=_maybe_photo(_ceiling_material, bank, 0.2, (0.8, 3.0))(rng))
+    objects = _place_objects(rng, size, int(rng.integers(count[0], count[1] + 1)),
+                             _maybe_photo(_object_material, bank, 0.3, (0.3, 1.0)), scale)
+    lights = [PointLight(np.array([*rng.uniform(-size[:2] / 2 + 0.5, size[:2] / 2 - 0.5),
+                                   rng.uniform(1.8, size[2] - 0.25)]), float(rng.uniform(0.3, 1.6)))
+              for _ in range(int(rng.integers(1, 4)))]
+    white = 1.0 + rng.uniform(0.2, 0.7) * (blackbody_rgb(rng.uniform(2700.0, 9000.0)) - 1.0)
+    gain = math.exp(rng.uniform(math.log(0.6), math.log(1.6)))
+    return SceneSpec(room, objects, lights, float(rng.uniform(0.1, 0.5)), _scene_centre(objects), white * gain)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,6 +444,8 @@ def _albedo(m: Material, coords: np.ndarray) -> np.ndarray:
     a, b = m.color_a.astype(np.float32)[:, None], m.color_b.astype(np.float32)[:, None]
     if m.kind == "solid":
         return np.broadcast_to(a, coords.shape)
+    if m.kind == "photo":  # 2-D: the surface's own parametrisation comes first in coords
+        return _photo(m.image, (coords[:2] + m.offset[:2].astype(np.float32)[:, None]) / np.float32(m.scale)) * a
     q = (coords + m.offset.astype(np.float32)[:, None]) / np.float32(m.scale)
     if m.kind == "checker":
         mix = (np.floor(q).astype(np.int64).sum(axis=0) & 1).astype(np.float32)
@@ -374,6 +460,32 @@ def _albedo(m: Material, coords: np.ndarray) -> np.ndarray:
     else:
         raise ValueError(f"unknown texture {m.kind!r}")
     return a + mix * (b - a)
+
+
+def _photo(image: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Bilinear lookup of image [h, w, 3] at tile coordinates q [2, M] (u across, v down; one tile per
+    unit), mirrored every other tile so neighbouring tiles meet without a seam. Returns [3, M]."""
+    h, w = image.shape[:2]
+    t = np.float32(1.0) - np.abs(q % np.float32(2.0) - np.float32(1.0))  # triangle wave in [0, 1]
+    x, y = t[0] * np.float32(w - 1), t[1] * np.float32(h - 1)
+    x0, y0 = np.minimum(x.astype(np.int64), w - 2), np.minimum(y.astype(np.int64), h - 2)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    flat, i = image.reshape(-1, 3), y0 * w + x0
+    top = flat[i] * (1.0 - fx) + flat[i + 1] * fx
+    bottom = flat[i + w] * (1.0 - fx) + flat[i + w + 1] * fx
+    return (top * (1.0 - fy) + bottom * fy).T
+
+
+def _surface_uv(obj, normal: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """2-D texture coordinates (metres) on an object's surface, for photos: cylinders have them first in
+    coords already (as room surfaces do); box faces drop the axis along their normal; spheres unroll
+    around z."""
+    if isinstance(obj, Box):
+        face = _dominant_axis(np.abs(_rotate(obj.rotation.T, normal)))
+        return np.stack([coords[0] + face[0] * (coords[1] - coords[0]), coords[2] + face[2] * (coords[1] - coords[2])])
+    if isinstance(obj, Sphere):
+        return np.stack([np.arctan2(coords[1], coords[0]) * np.float32(obj.radius), coords[2]])
+    return coords[:2]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -497,6 +609,8 @@ def render(scene: SceneSpec, c2w: np.ndarray, K: np.ndarray, height: int, width:
         if len(idx):
             n, obj_coords = _normal_coords(obj, _take(P, idx))
             _put(normal, idx, n)
+            if obj.material.kind == "photo":
+                obj_coords = _surface_uv(obj, n, obj_coords)
             _put(albedo, idx, _albedo(obj.material, obj_coords))
 
     shade = np.full(P.shape[1], scene.ambient, dtype=np.float32)
@@ -509,11 +623,76 @@ def render(scene: SceneSpec, c2w: np.ndarray, K: np.ndarray, height: int, width:
             lit = np.flatnonzero(contrib > 0)  # back-facing points need no shadow ray
             contrib[lit[_occluded(scene, light, _take(P, lit))]] = 0.0
         shade += contrib
-    rgb = _downsample((albedo * shade).reshape(3, hs, ws), ss)
+    radiance = albedo * shade
+    if scene.light_rgb is not None:
+        radiance *= scene.light_rgb.astype(np.float32)[:, None]
+    rgb = _downsample(radiance.reshape(3, hs, ws), ss)
     image = np.ascontiguousarray((np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(1, 2, 0))
     if not return_depth:
         return image
     return image, _downsample((t_best * z_of_ray).reshape(hs, ws), ss)
+
+
+# ---------------------------------------------------------------------------------------------
+# Camera effects on rendered images (domain randomisation): lens and motion blur, sensor noise, tone
+# curve, JPEG. Float images are [H, W, C] in [0, 1].
+
+
+def shift_average(image: np.ndarray, offsets) -> np.ndarray:
+    """Mean of copies of `image` shifted by integer (dy, dx) offsets, edges replicated: a box blur over
+    the offsets' footprint."""
+    r = int(np.abs(np.asarray(offsets)).max())
+    h, w = image.shape[:2]
+    padded = np.pad(image, ((r, r), (r, r), (0, 0)), mode="edge")
+    return sum(padded[r + dy:r + dy + h, r + dx:r + dx + w] for dy, dx in offsets) / np.float32(len(offsets))
+
+
+def defocus_blur(image: np.ndarray, radius: float) -> np.ndarray:
+    """A box blur over a disc of `radius` pixels (a lens out of focus)."""
+    k = int(radius)
+    return shift_average(image, [(dy, dx) for dy in range(-k, k + 1) for dx in range(-k, k + 1)
+                                 if dy * dy + dx * dx <= radius * radius])
+
+
+def motion_blur(image: np.ndarray, length: float, angle: float) -> np.ndarray:
+    """A box blur along a `length`-pixel segment at `angle` radians from the x axis (the camera moving
+    while the shutter is open)."""
+    t = np.linspace(-(length - 1) / 2, (length - 1) / 2, max(2, round(length)))  # about a pixel apart
+    return shift_average(image, np.floor(np.stack([t * math.sin(angle), t * math.cos(angle)], 1) + 0.5)
+                         .astype(int).tolist())
+
+
+def sensor_noise(image: np.ndarray, rng: np.random.Generator, read_std: float, shot: float) -> np.ndarray:
+    """Gaussian read noise plus shot noise whose variance grows with the signal (`shot` x intensity), the
+    Gaussian approximation of Poisson photon counts."""
+    std = np.sqrt(np.float32(read_std ** 2) + np.float32(shot) * np.clip(image, 0.0, 1.0))
+    return image + std * rng.standard_normal(image.shape, dtype=np.float32)
+
+
+def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
+    """A uint8 RGB image encoded as JPEG at `quality` and decoded again."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=int(quality))
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        return np.asarray(decoded.convert("RGB"))
+
+
+def camera_effects(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A rendered uint8 image as a random camera might record it: a quarter each defocus or motion blur,
+    read and shot noise, a tone curve (gamma 0.8-1.25) and, four times in five, JPEG at quality 30-90.
+    Blur sizes are set for 64 px images and scale with the height."""
+    x = image.astype(np.float32) / np.float32(255.0)
+    px = image.shape[0] / 64.0
+    blur = rng.random()
+    if blur < 0.25:
+        x = defocus_blur(x, rng.uniform(1.0, 2.0) * px)
+    elif blur < 0.5:
+        x = motion_blur(x, rng.uniform(2.0, 6.0) * px, rng.uniform(0.0, math.pi))
+    x = sensor_noise(x, rng, rng.uniform(0.002, 0.025), rng.uniform(0.0, 0.004))
+    x = np.clip(x, 0.0, 1.0) ** np.float32(math.exp(rng.uniform(math.log(0.8), math.log(1.25))))
+    out = (x * 255.0 + 0.5).astype(np.uint8)
+    return jpeg_roundtrip(out, int(rng.integers(30, 91))) if rng.random() < 0.8 else out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -617,6 +796,18 @@ def sample_walk_cameras(scene: SceneSpec, rng: np.random.Generator, n: int, *,
         if len(poses) == n:
             return np.stack(poses), np.array(fovs)
     raise RuntimeError(f"could not place {n} walking views in this scene after {max_tries} tries")
+
+
+def sample_mixed_cameras(scene: SceneSpec, rng: np.random.Generator, n: int, *, fov_deg=(45.0, 70.0),
+                         spread_deg: float = 120.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per scene, at even odds, look-at orbits (`sample_cameras`, azimuth spread `spread_deg`) or a robot
+    walking and turning its head (`sample_walk_cameras`, heading spread `spread_deg`). In rooms wider than
+    about 9 m the cameras stand further back, up to 0.35 of the shorter side from the scene centre."""
+    far = max(3.2, 0.35 * float(min(scene.room.size[:2])))
+    if rng.random() < 0.5:
+        return sample_walk_cameras(scene, rng, n, fov_deg=fov_deg, yaw_spread_deg=spread_deg,
+                                   stand_distance=(1.8, far - 0.2))
+    return sample_cameras(scene, rng, n, fov_deg=fov_deg, azimuth_spread_deg=spread_deg, radius=(1.5, far))
 
 
 def sample_pair(scene: SceneSpec, rng: np.random.Generator, rot_range_deg=(0.0, 60.0),
