@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from gst_model import geometry
 from gst_model.checkpoint import load_part, weights_digest
+from gst_model.data.holdout_scenes import refuse_holdout
 from gst_model.data.token_cache import TokenCache
 from gst_model.tokenizer import VQConfig, VQModel
 from training.common import config_cli, config_to_dict, pick_device, setup_logging
@@ -56,6 +57,7 @@ def load_trained_tokenizer(directory: str | Path, kind: str) -> VQModel:
 
 
 def main(cfg: TokenizeConfig) -> Path:
+    refuse_holdout(cfg.data.root)
     setup_logging(True)
     image_vq, camera_vq = load_trained_tokenizer(cfg.image, "image"), load_trained_tokenizer(cfg.camera, "camera")
     digests = {"image": weights_digest(image_vq), "camera": weights_digest(camera_vq)}

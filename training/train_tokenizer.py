@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from gst_model import geometry
+from gst_model.data.holdout_scenes import refuse_holdout
 from gst_model.tokenizer import VQConfig, VQModel
 from training.common import (config_cli, CsvLog, OptimConfig, config_to_dict, load_training_state, lr_at,
                              pick_device, plot_curves, save_training_state, seed_everything, setup_logging)
@@ -156,6 +157,7 @@ def camera_roundtrip_error(model: VQModel, rays: torch.Tensor) -> dict[str, floa
 
 
 def main(cfg: TokenizerTrainConfig) -> Path:
+    refuse_holdout(cfg.data.root)
     setup_logging(True)
     seed_everything(cfg.seed)
     if cfg.threads:
