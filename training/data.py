@@ -30,12 +30,16 @@ class PairConfig:
     pairs_per_scene: int = 48
     scale_mode: str = "scene"  # see gst_model.data.pairs
     seed: int = 0
+    # None: the official centre crop; a vertical field of view: each view resampled to that square camera
+    # (as GSTPipeline does with real intrinsics), for data whose lenses differ from the model's
+    camera_fovy_deg: float | None = None
 
 
 def pair_dataset(cfg: PairConfig, split: str) -> PairDataset:
     scenes = read_split(cfg.root, split)
     return PairDataset(scenes, size=cfg.image_size, min_rot_deg=cfg.min_rot_deg, max_rot_deg=cfg.max_rot_deg,
-                       pairs_per_scene=cfg.pairs_per_scene, scale_mode=cfg.scale_mode, seed=cfg.seed)
+                       pairs_per_scene=cfg.pairs_per_scene, scale_mode=cfg.scale_mode, seed=cfg.seed,
+                       camera_fovy_deg=cfg.camera_fovy_deg)
 
 
 # The scripts' --dataset NAME:PATH, the same as the override data.root=NAME:PATH.

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from gst_model import image as image_ops
-from gst_model.geometry import rotation_angle_deg
+from gst_model.geometry import intrinsics_from_fov, rotation_angle_deg
 
 from gst_model.data.cameras import relative_pose
 from gst_model.data.formats import PairSample, Scene, make_pair, scene_scale
@@ -46,7 +46,8 @@ class PairDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, scenes: list[Scene], size: int = 256, min_rot_deg: float = 0.0, max_rot_deg: float = 60.0,
-                 pairs_per_scene: int = 100, scale_mode: str = "scene", seed: int = 0):
+                 pairs_per_scene: int = 100, scale_mode: str = "scene", seed: int = 0,
+                 camera_fovy_deg: float | None = None):
         if scale_mode not in SCALE_MODES:
             raise ValueError(f"scale_mode must be one of {SCALE_MODES}, got {scale_mode!r}")
         self.scenes = [s for s in scenes if len(s.views) >= 2]
@@ -54,6 +55,10 @@ class PairDataset(torch.utils.data.Dataset):
             raise ValueError("PairDataset needs at least one scene with two or more views")
         self.size, self.min_rot, self.max_rot = size, min_rot_deg, max_rot_deg
         self.pairs_per_scene, self.scale_mode, self.seed, self.epoch = pairs_per_scene, scale_mode, seed, 0
+        # None: the official centre crop. A field of view: every view resampled to that square camera, as
+        # GSTPipeline does with real intrinsics, so wide lenses train what inference will see.
+        self.camera_K = (None if camera_fovy_deg is None
+                         else intrinsics_from_fov(camera_fovy_deg, size, size).numpy().astype(np.float64))
         self._poses = [np.stack([v.c2w for v in s.views]) for s in self.scenes]
         self._scales = [scene_scale(s) if scale_mode == "scene" else 1.0 for s in self.scenes]
 
@@ -93,14 +98,18 @@ class PairDataset(torch.utils.data.Dataset):
         s, obs, target, rel, scale = self.pair_pose(index)
         pair = make_pair(self.scenes[s], obs, target, scale)
         pair.meta["scene_index"] = s
-        obs_image, K_obs = center_crop_resize(pair.obs_image, pair.K_obs, self.size)
-        target_image, K_target = center_crop_resize(pair.target_image, pair.K_target, self.size)
+        obs_image, K_obs = self._to_model_view(pair.obs_image, pair.K_obs)
+        target_image, K_target = self._to_model_view(pair.target_image, pair.K_target)
         return PairSample(obs_image, target_image, rel, K_obs, K_target, pair.meta)
+
+    def _to_model_view(self, image: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.camera_K is None:
+            return center_crop_resize(image, K, self.size)
+        return image_ops.to_model_camera(image, K, self.camera_K, self.size), self.camera_K.copy()
 
     def view(self, scene: int, view: int) -> tuple[np.ndarray, np.ndarray]:
         """One preprocessed view: (uint8 image at `size`, K for it)."""
-        image, K = self.scenes[scene].views[view].load()
-        return center_crop_resize(image, K, self.size)
+        return self._to_model_view(*self.scenes[scene].views[view].load())
 
     def __getitem__(self, index: int) -> dict:
         p = self.sample(index)
