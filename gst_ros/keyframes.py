@@ -69,11 +69,19 @@ class Localizer:
         self._next_id = 1
         self._origin = 0
         self._low = 0  # consecutive frames below the re-key threshold
+        self._last_estimate: tuple[int, np.ndarray] | None = None  # (keyframe id, latest c2w against it)
         self.rekeys = 0
 
     @property
     def keyframe(self) -> Keyframe | None:
         return self._keyframe
+
+    def temporal_prior(self) -> np.ndarray | None:
+        """The latest estimate against the current keyframe (consecutive frames of a robot move little: the
+        draft of speculative decoding), or None when the keyframe has none yet."""
+        with self._lock:
+            last, keyframe = self._last_estimate, self._keyframe
+            return last[1].copy() if last is not None and keyframe is not None and last[0] == keyframe.id else None
 
     def set_reference(self, image: np.ndarray, stamp_ns: int) -> Keyframe:
         """`image` becomes the reference (a new reference frame) and the keyframe."""
@@ -104,7 +112,10 @@ class Localizer:
             if self._keyframe.origin != keyframe.origin:
                 out.stale = True
                 return out
-            if rekey.min_consistency <= 0 or self._keyframe.id != keyframe.id:
+            if self._keyframe.id != keyframe.id:
+                return out
+            self._last_estimate = (keyframe.id, np.array(est.c2w, dtype=np.float64))
+            if rekey.min_consistency <= 0:
                 return out
             self._low = self._low + 1 if est.consistency < rekey.min_consistency else 0
             if self._low >= rekey.after_frames:

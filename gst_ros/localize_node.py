@@ -93,7 +93,7 @@ class LocalizeNode(GstNode):
         def estimate(image_a, image_b):
             t0 = time.monotonic()
             try:
-                return self._estimate(image_a, image_b)
+                return self._estimate(image_a, image_b, prior_c2w=self._localizer.temporal_prior())
             finally:
                 model_s.append(time.monotonic() - t0)
         out = self._localizer.localize(rgb, conv.time_to_ns(msg.header.stamp), estimate, params.rekey_policy(get))
@@ -118,12 +118,14 @@ class LocalizeNode(GstNode):
             self.get_logger().info(f"consistency below {param(self, 'rekey_min_consistency')} for "
                                    f"{param(self, 'rekey_after_frames')} frames: re-keyed, keyframe {out.rekeyed_to}")
 
-    def _estimate(self, image_a, image_b, num_samples: int | None = None, seed: int | None = None):
-        """The pipeline's estimate with the node's parameters (None: the parameter's value)."""
+    def _estimate(self, image_a, image_b, num_samples: int | None = None, seed: int | None = None,
+                  prior_c2w=None):
+        """The pipeline's estimate with the node's parameters (None: the parameter's value); `prior_c2w` is
+        the speculative draft (the previous frame's estimate against the same keyframe)."""
         K_a, K_b = (self._intrinsics(im.shape[1], im.shape[0]) for im in (image_a, image_b))
         with self._model_lock:
             return self._pipeline.estimate_pose(image_a, image_b, K_a=K_a, K_b=K_b, **params.pose_kwargs(
-                lambda name: param(self, name), num_samples=num_samples, seed=seed))
+                lambda name: param(self, name), num_samples=num_samples, seed=seed, prior_c2w=prior_c2w))
 
     # ----------------------------------------------------------------------------- services
     def _on_set_reference(self, request: SetReference.Request, response: SetReference.Response):

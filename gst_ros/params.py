@@ -215,10 +215,13 @@ def sampling_kwargs(get: Callable[[str], object], seed: int | None = None, **ove
     return kw
 
 
-def pose_kwargs(get: Callable[[str], object], num_samples: int | None = None, seed: int | None = None) -> dict:
-    """GSTPipeline.estimate_pose arguments of the localize parameters: what the node and replay both call."""
+def pose_kwargs(get: Callable[[str], object], num_samples: int | None = None, seed: int | None = None,
+                prior_c2w=None) -> dict:
+    """GSTPipeline.estimate_pose arguments of the localize parameters: what the node and replay both call.
+    `prior_c2w` (e.g. Localizer.temporal_prior()) is the speculative draft; passed only when speculation is on."""
     return {"num_samples": get("num_samples") if num_samples is None else num_samples,
-            "selection": get("pose_selection"), "hybrid": get("hybrid"), **sampling_kwargs(get, seed=seed)}
+            "selection": get("pose_selection"), "hybrid": get("hybrid"),
+            "prior_c2w": prior_c2w if get("speculative") else None, **sampling_kwargs(get, seed=seed)}
 
 
 def rekey_policy(get: Callable[[str], object]) -> RekeyPolicy:

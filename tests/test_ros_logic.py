@@ -143,6 +143,33 @@ def test_preset_model_needs_random_weights(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
     assert "RANDOM" in params.model_label("tiny")
 
+def test_the_temporal_prior_is_the_latest_estimate_against_the_current_keyframe():
+    cam = Camera(6, low_consistency_from=3)
+    loc = Localizer()
+    assert loc.temporal_prior() is None
+    loc.localize(cam.image(0), 0, cam.estimate)
+    assert loc.temporal_prior() is None  # the reference itself: nothing estimated yet
+    loc.localize(cam.image(1), 1, cam.estimate)
+    np.testing.assert_allclose(loc.temporal_prior(), np.linalg.inv(cam.world[0]) @ cam.world[1])
+    loc.localize(cam.image(2), 2, cam.estimate)
+    np.testing.assert_allclose(loc.temporal_prior(), np.linalg.inv(cam.world[0]) @ cam.world[2])
+    # a re-key (frames 3 and 4 low) makes frame 4 the keyframe: no estimate against it yet
+    for i in (3, 4):
+        out = loc.localize(cam.image(i), i, cam.estimate, RekeyPolicy(0.5, 2))
+    assert out.rekeyed_to == 2 and loc.temporal_prior() is None
+    loc.localize(cam.image(5), 5, cam.estimate)
+    np.testing.assert_allclose(loc.temporal_prior(), np.linalg.inv(cam.world[4]) @ cam.world[5])
+    loc.set_reference(cam.image(5), 5)
+    assert loc.temporal_prior() is None
+
+
+def test_the_prior_reaches_the_pipeline_only_with_speculation():
+    prior = np.eye(4)
+    off = params.resolve(params.LOCALIZE_PARAMS, {})
+    on = params.resolve(params.LOCALIZE_PARAMS, {"speculative": True})
+    assert params.pose_kwargs(off.get, prior_c2w=prior)["prior_c2w"] is None
+    assert params.pose_kwargs(on.get, prior_c2w=prior)["prior_c2w"] is prior
+
 
 def test_pose_kwargs_are_the_pipelines():
     values = params.resolve(params.LOCALIZE_PARAMS, {"seed": 5, "top_k": 0})

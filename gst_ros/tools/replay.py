@@ -336,7 +336,7 @@ def replay(frames: list[Frame], values: dict, out: Path, ground_truth=None, bag_
     def estimate(image_a, image_b):
         t0 = time.perf_counter()
         est = pipeline.estimate_pose(image_a, image_b, K_a=intrinsics(image_a), K_b=intrinsics(image_b),
-                                     **params.pose_kwargs(get))
+                                     **params.pose_kwargs(get, prior_c2w=localizer.temporal_prior()))
         result.model_s.append(time.perf_counter() - t0)
         return est
 
