@@ -70,3 +70,21 @@ def test_pose_log_likelihoods_score_the_camera_last_in_the_pose_layout():
     # not the view layout's score of the same cameras
     view = pipe._view_log_likelihoods(codes[:1], codes[1:], torch.as_tensor(c2w), torch.as_tensor(K_ray))
     assert not np.allclose(got, view)
+
+
+def test_generalization_report_tabulates_every_recipe_set_and_rule(study_data, tmp_path):
+    import yaml
+
+    from training import generalization_study as g
+
+    cfg = yaml.safe_load(open("training/configs/generalization.yaml"))
+    scores = {s: selection_study.score(study_data) for s in g.SETS}
+    rows = [{"recipe": "base", "step": 0, "sequences": 0, **scores}]
+    rows += [{"recipe": r, "step": k, "sequences": 16 * k, **scores} for r in cfg["recipes"] for k in (500, 1000)]
+    g.write_report({"config": cfg, "command": "cmd", "hours": 0.5, "rows": rows}, tmp_path / "report.md")
+    g.plot_accuracy(rows, tmp_path / "accuracy.png")
+    text = (tmp_path / "report.md").read_text()
+    assert "| randomized | 1000 | 16000 | 0% / 50% / 30.0° |" in text  # view likelihood: 20 and 40 deg off
+    assert "| identity | - | - | 0% / 0% / 40.0° |" in text
+    assert text.count("| plain | 500 |") == 1 + len(g.SETS)  # the pose table and one rule row per set
+    assert (tmp_path / "accuracy.png").stat().st_size > 0
