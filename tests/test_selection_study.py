@@ -88,3 +88,26 @@ def test_generalization_report_tabulates_every_recipe_set_and_rule(study_data, t
     assert "| identity | - | - | 0% / 0% / 40.0° |" in text
     assert text.count("| plain | 500 |") == 1 + len(g.SETS)  # the pose table and one rule row per set
     assert (tmp_path / "accuracy.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", ["generalization", "generalization_gpu"])
+def test_generalization_configs_are_usable_and_mistakes_fail_early(name):
+    import copy
+
+    import yaml
+
+    from training import generalization_study as g
+
+    cfg = yaml.safe_load(open(f"training/configs/{name}.yaml"))
+    g.validate_config(cfg)
+    for path, value, message in ((("recipes", "plain"), ["nope"], "not in `data`"),
+                                 (("finetune", "evaluate_steps"), [cfg["finetune"]["keep_every"] + 1], "not kept"),
+                                 (("finetune", "train", "batchsize"), 3, "unknown"),
+                                 (("data", "plain", "synthetic", "scenez"), 3, "unknown")):
+        broken = copy.deepcopy(cfg)
+        node = broken
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        with pytest.raises(ValueError, match=message):
+            g.validate_config(broken)

@@ -39,10 +39,36 @@ from gst_model.pipeline import GSTPipeline  # noqa: E402
 from training import selection_study, tokenize_dataset, train_gst  # noqa: E402
 from training.build_default import render_unless_present, tokens_present  # noqa: E402
 from training.common import _build, setup_logging, torch_threads  # noqa: E402
+from training.data import PairConfig  # noqa: E402
 from training.uncertainty import real_pairs  # noqa: E402
 
 log = logging.getLogger("gst.generalization")
 SETS = ("in_domain", "other_renderer", "real")
+
+
+def validate_config(cfg: dict) -> None:
+    """Fail before hours of work: every dataset, recipe, training and evaluation setting must be usable."""
+    for entry in cfg["data"].values():
+        _build(SyntheticConfig, entry["synthetic"])
+        _build(PairConfig, {**cfg["pairs"], **entry.get("pairs", {})})
+    for recipe, datasets in cfg["recipes"].items():
+        unknown = set(datasets) - set(cfg["data"])
+        if unknown:
+            raise ValueError(f"recipe {recipe!r} names datasets not in `data`: {sorted(unknown)}")
+        if "val" not in _splits(cfg["data"][datasets[0]]):
+            raise ValueError(f"recipe {recipe!r}: its first dataset validates, so it needs a val split")
+    ft = cfg["finetune"]
+    _build(train_gst.GSTTrainConfig, {**ft["train"], "optim": {**ft["train"]["optim"], "max_steps": ft["steps"]}})
+    bad = [s for s in ft["evaluate_steps"] if s % ft["keep_every"] or not 0 < s <= ft["steps"]]
+    if bad:
+        raise ValueError(f"evaluate_steps {bad} are not kept: multiples of keep_every up to steps")
+    if set(cfg["evaluate"]["sets"]) != set(SETS):
+        raise ValueError(f"evaluate.sets must be {SETS}")
+
+
+def _splits(entry: dict) -> tuple[str, ...]:
+    fractions = entry["synthetic"].get("split_fractions", SyntheticConfig.split_fractions)
+    return tuple(s for s, f in zip(("train", "val", "test"), fractions) if f > 0)
 
 
 def prepare_data(cfg: dict, runs: Path) -> dict[str, Path]:
@@ -53,7 +79,7 @@ def prepare_data(cfg: dict, runs: Path) -> dict[str, Path]:
         syn = _build(SyntheticConfig, entry["synthetic"])
         render_unless_present(syn)
         out = runs / "tokens" / name
-        splits = tuple(s for s, f in zip(("train", "val", "test"), syn.split_fractions) if f > 0)
+        splits = _splits(entry)
         if not tokens_present(out, syn.out, splits):
             tokenize_dataset.main(_build(tokenize_dataset.TokenizeConfig, {
                 "camera": cfg["base_model"], "image": cfg["base_model"], "out": str(out), "splits": list(splits),
@@ -127,6 +153,7 @@ def _cli_args(spec: dict) -> list[str]:
 
 def run(config_path: str, out: Path) -> dict:
     cfg = yaml.safe_load(Path(config_path).read_text())
+    validate_config(cfg)
     runs = Path(cfg["runs"])
     start = time.time()
     with torch_threads(cfg["threads"]):
@@ -137,7 +164,7 @@ def run(config_path: str, out: Path) -> dict:
         ft = cfg["finetune"]
         for recipe, datasets in cfg["recipes"].items():
             run_dir = finetune(cfg, recipe, datasets, tokens, runs)
-            for step in range(ft["keep_every"], ft["steps"] + 1, ft["keep_every"]):
+            for step in ft["evaluate_steps"]:
                 model = model_at(cfg, run_dir, step)
                 rows.append({"recipe": recipe, "step": step, "sequences": step * ft["train"]["batch_size"],
                              **evaluate_model(cfg, str(model), runs / "eval" / recipe / f"step_{step:06d}")})
