@@ -86,7 +86,9 @@ def test_generalization_report_tabulates_every_recipe_set_and_rule(study_data, t
     text = (tmp_path / "report.md").read_text()
     assert "| randomized | 1000 | 16000 | 0% / 50% / 30.0° |" in text  # view likelihood: 20 and 40 deg off
     assert "| identity | - | - | 0% / 0% / 40.0° |" in text
-    assert text.count("| plain | 500 |") == 1 + len(g.SETS)  # the pose table and one rule row per set
+    # the pose table, the rotation bins (both pairs turned 40 degrees) and one rule row per set
+    assert text.count("| plain | 500 |") == 2 + len(g.SETS)
+    assert "| plain | 500 | - | - | 0% (2) | - | - | 0% (2) |" in text
     assert (tmp_path / "accuracy.png").stat().st_size > 0
 
 

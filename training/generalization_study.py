@@ -202,6 +202,15 @@ def write_report(result: dict, path: Path) -> None:
     lines.append("| identity | - | - | " + " | ".join(
         f"{_pct(ident[s]['identity'], 'rot_acc_15')} / {_pct(ident[s]['identity'], 'rot_acc_30')} / "
         f"{ident[s]['identity']['rot_median_deg']:.1f}°" for s in SETS) + " |")
+    bins = list(rows[0][SETS[0]]["identity"]["by_rotation"])
+    lines += ["", "Rot@15 of the pipeline's estimate by true rotation (on small turns the identity is right by "
+              "construction; pairs per bin in brackets):", "",
+              "| recipe | step | " + " | ".join(f"{s} {b}°" for s in SETS for b in bins) + " |",
+              "|---|---|" + "---|" * (len(SETS) * len(bins))]
+    for row in rows + [{**rows[0], "recipe": "identity", "step": "-"}]:
+        rule = "identity" if row["recipe"] == "identity" else "view_likelihood"
+        lines.append(f"| {row['recipe']} | {row['step']} | " + " | ".join(
+            _binned(row[s][rule]["by_rotation"], b) for s in SETS for b in bins) + " |")
     lines += ["", "Rot@15 of every selection rule (training.selection_study) on the same samples:", "",
               "| recipe | step | set | " + " | ".join(selection_study.RULES + selection_study.REFERENCES) + " |",
               "|---|---|---|" + "---|" * (len(selection_study.RULES) + len(selection_study.REFERENCES))]
@@ -211,6 +220,11 @@ def write_report(result: dict, path: Path) -> None:
                 _pct(row[s][r], "rot_acc_15") for r in selection_study.RULES + selection_study.REFERENCES) + " |")
     lines += ["", "![accuracy](accuracy.png)", ""]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _binned(by_rotation: dict, label: str) -> str:
+    m = by_rotation[label]
+    return "-" if m is None else f"{100 * m['rot_acc_15']:.0f}% ({m['n']})"
 
 
 def _describe(entry: dict) -> str:
