@@ -81,11 +81,14 @@ def test_generalization_report_tabulates_every_recipe_set_and_rule(study_data, t
     scores = {s: selection_study.score(study_data) for s in g.SETS}
     rows = [{"recipe": "base", "step": 0, "sequences": 0, **scores}]
     rows += [{"recipe": r, "step": k, "sequences": 16 * k, **scores} for r in cfg["recipes"] for k in (500, 1000)]
-    g.write_report({"config": cfg, "command": "cmd", "hours": 0.5, "rows": rows}, tmp_path / "report.md")
+    timing = {"plain": {"train_seconds": 1800, "threads": 2}, "randomized": None}
+    g.write_report({"config": cfg, "command": "cmd", "hours": 0.5, "train_timing": timing, "rows": rows},
+                   tmp_path / "report.md")
     g.plot_accuracy(rows, tmp_path / "accuracy.png")
     text = (tmp_path / "report.md").read_text()
     assert "| randomized | 1000 | 16000 | 0% / 50% / 30.0° |" in text  # view likelihood: 20 and 40 deg off
     assert "| identity | - | - | 0% / 0% / 40.0° |" in text
+    assert "plain 0.50 h (2 torch thread(s)), randomized not recorded" in text
     # the pose table, the rotation bins (both pairs turned 40 degrees) and one rule row per set
     assert text.count("| plain | 500 |") == 2 + len(g.SETS)
     assert "| plain | 500 | - | - | 0% (2) | - | - | 0% (2) |" in text

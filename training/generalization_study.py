@@ -44,6 +44,7 @@ from training.uncertainty import real_pairs  # noqa: E402
 
 log = logging.getLogger("gst.generalization")
 SETS = ("in_domain", "other_renderer", "real")
+TIMING_FILE = "timing.json"
 
 
 def validate_config(cfg: dict) -> None:
@@ -95,6 +96,7 @@ def finetune(cfg: dict, recipe: str, datasets: list[str], tokens: dict[str, Path
     if (out / f"step_{ft['steps']:06d}" / "transformer.safetensors").is_file():
         log.info("%s: trained, skipped", recipe)
         return out
+    start = time.time()
     base = json.loads((Path(cfg["base_model"]) / "config.json").read_text())["transformer"]
     overrides = {k: base[k] for k in ("token_dropout_p", "attn_dropout_p", "resid_dropout_p", "ffn_dropout_p")}
     train_gst.main(_build(train_gst.GSTTrainConfig, {
@@ -102,7 +104,14 @@ def finetune(cfg: dict, recipe: str, datasets: list[str], tokens: dict[str, Path
         "out": str(out), "init_from": cfg["base_model"], "model_overrides": overrides, "threads": cfg["threads"],
         "keep_every": ft["keep_every"], "save_every": ft["keep_every"], "eval_every": ft["keep_every"],
         "optim": {**ft["train"]["optim"], "max_steps": ft["steps"]}}))
+    # The report states the compute each recipe took, also when it is later rebuilt from the cached runs.
+    (out / TIMING_FILE).write_text(json.dumps({"train_seconds": time.time() - start, "threads": cfg["threads"]}) + "\n")
     return out
+
+
+def train_timing(run: Path) -> dict | None:
+    path = run / TIMING_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def model_at(cfg: dict, run: Path, step: int) -> Path:
@@ -162,19 +171,30 @@ def run(config_path: str, out: Path) -> dict:
         rows = [{"recipe": "base", "step": 0, "sequences": 0,
                  **evaluate_model(cfg, cfg["base_model"], runs / "eval" / "base")}]
         ft = cfg["finetune"]
+        train_time = {}
         for recipe, datasets in cfg["recipes"].items():
             run_dir = finetune(cfg, recipe, datasets, tokens, runs)
+            train_time[recipe] = train_timing(run_dir)
             for step in ft["evaluate_steps"]:
                 model = model_at(cfg, run_dir, step)
                 rows.append({"recipe": recipe, "step": step, "sequences": step * ft["train"]["batch_size"],
                              **evaluate_model(cfg, str(model), runs / "eval" / recipe / f"step_{step:06d}")})
     result = {"config": cfg, "command": f"python -m training.generalization_study --config {config_path} --out {out}",
-              "hours": (time.time() - start) / 3600, "rows": rows}
+              "hours": (time.time() - start) / 3600, "train_timing": train_time, "rows": rows}
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=1) + "\n")
     write_report(result, out / "report.md")
     plot_accuracy(rows, out / "accuracy.png")
     return result
+
+
+def _train_times(result: dict) -> str:
+    def one(recipe: str, t: dict | None) -> str:
+        if t is None:
+            return f"{recipe} not recorded"
+        note = f"; {t['note']}" if t.get("note") else ""
+        return f"{recipe} {t['train_seconds'] / 3600:.2f} h ({t['threads']} torch thread(s){note})"
+    return ", ".join(one(r, t) for r, t in result.get("train_timing", {}).items())
 
 
 def _pct(m: dict, key: str) -> str:
@@ -184,15 +204,18 @@ def _pct(m: dict, key: str) -> str:
 def write_report(result: dict, path: Path) -> None:
     cfg, rows = result["config"], result["rows"]
     lines = ["# Generalization: accuracy against training sequences, per data recipe", "",
-             f"Written by `{result['command']}` ({result['hours']:.2f} h, including steps skipped because their "
-             f"outputs existed). Base model `{cfg['base_model']}`; every recipe fine-tunes its transformer "
+             f"Written by `{result['command']}` (this run {result['hours']:.2f} h; work whose outputs existed is "
+             f"skipped). Fine-tuning time per recipe: {_train_times(result)}. Base model `{cfg['base_model']}`; every recipe fine-tunes its transformer "
              f"(tokenizers frozen) for {cfg['finetune']['steps']} steps of {cfg['finetune']['train']['batch_size']} "
              "sequences with the same optimiser settings.", "",
              "Recipes (datasets in the mix; the first one's validation split validates):", ""]
     for recipe, datasets in cfg["recipes"].items():
         lines.append(f"- `{recipe}`: " + ", ".join(f"`{d}` ({_describe(cfg['data'][d])})" for d in datasets))
     lines += ["", "Pose with the pipeline's defaults (16 samples, likelihood selection): Rot@15 / Rot@30 / median "
-              "rotation error. The identity guess is the same for every model.", "",
+              "rotation error. The identity guess is the same for every model. Sampling noise: two standard errors "
+              "of a Rot@15 near 50% are " + ", ".join(
+                  f"±{200 * (0.25 / rows[0][s]['view_likelihood']['n']) ** 0.5:.0f} points on {s} "
+                  f"({rows[0][s]['view_likelihood']['n']} pairs)" for s in SETS) + ".", "",
               "| recipe | step | sequences | " + " | ".join(SETS) + " |", "|---|---|---|" + "---|" * len(SETS)]
     for row in rows:
         cells = [f"{_pct(row[s]['view_likelihood'], 'rot_acc_15')} / {_pct(row[s]['view_likelihood'], 'rot_acc_30')}"
