@@ -116,3 +116,38 @@ def test_generalization_configs_are_usable_and_mistakes_fail_early(name):
         node[path[-1]] = value
         with pytest.raises(ValueError, match=message):
             g.validate_config(broken)
+
+
+def test_ablation_config_is_usable_and_the_report_compares_every_variant_with_the_baseline(study_data, tmp_path):
+    import copy
+
+    import yaml
+
+    from training import ablation_study as a
+    from training import generalization_study as g
+
+    ablation = yaml.safe_load(open("training/configs/ablation.yaml"))
+    study = yaml.safe_load(open(ablation["study"]))
+    a.validate(study, ablation)
+    for key, value, message in (("data", ["nope"], "not in the study"), ("variants", {"x": {}}, "baseline"),
+                                ("variants", {"baseline": {}, "x": {"pose_fractoin": 0.8}}, "variant 'x'")):
+        broken = copy.deepcopy(ablation)
+        broken[key] = value
+        with pytest.raises(ValueError, match=message):
+            a.validate(study, broken)
+    cfg = a.variant_config(study, ablation, {"pose_fraction": 0.8})
+    assert cfg["finetune"]["train"]["pose_fraction"] == 0.8 and cfg["finetune"]["steps"] == ablation["steps"]
+    assert study["finetune"]["train"]["pose_fraction"] == 0.5  # the study's config is not modified
+
+    good = selection_study.score(study_data)  # view likelihood: 20 and 40 degrees off -> 0% Rot@15
+    better = selection_study.score({**study_data, "view_ll": np.array([[0.0, 0.0, 9.0, 0.0], [0.0] * 4])})
+    rows = [{"variant": v, "settings": s, "weights": "last", "timing": None, "val_camera": 0.5,
+             "camera_gap": 0.1, **{k: (better if v == "curriculum" else good) for k in g.SETS}}
+            for v, s in (("baseline", {}), ("curriculum", {"curriculum_steps": 500}))]
+    result = {"config": ablation, "study": study, "hours": 0.1, "command": "cmd",
+              "base": {s: good for s in g.SETS}, "rows": rows}
+    a.write_report(result, tmp_path / "report.md")
+    text = (tmp_path / "report.md").read_text()
+    assert "| baseline | current recipe | last | 0.500 | 0.100 | 0% / 50% / 30.0° |" in text
+    assert "| curriculum | +50 | +50 | +50 |" in text  # one of the two pairs now within 15 degrees
+    assert "Fine-tuning time: not recorded." in text

@@ -381,3 +381,58 @@ def test_codebook_init_keeps_the_tokenizers_code_similarities(built):
         torch.testing.assert_close(head, emb, atol=1e-6, rtol=0)
     special = model.tok_embeddings.weight[vocab.gen_token:]
     assert special.abs().max() < 0.2  # the task tokens keep their default init
+
+
+def _turn(deg: float) -> np.ndarray:
+    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
+    pose = np.eye(4)
+    pose[:3, :3] = [[c, 0, s], [0, 1, 0], [-s, 0, c]]
+    return pose
+
+
+def test_curriculum_draws_small_rotations_first_then_every_pair():
+    angles = np.array([50.0, 5.0, 30.0, 10.0, 20.0, 40.0])
+    rel = np.stack([_turn(a) for a in angles])
+    cfg = train_gst.GSTTrainConfig(curriculum_steps=10, curriculum_start_deg=12.0)
+    sampler = train_gst.PairSampler(rel, cfg)
+    rng = np.random.default_rng(0)
+    assert sampler.limit_deg(0) == pytest.approx(12.0) and sampler.limit_deg(5) == pytest.approx(31.0)
+    assert set(angles[sampler(0, 200, rng)]) == {5.0, 10.0}
+    assert set(angles[sampler(5, 200, rng)]) == {5.0, 10.0, 20.0, 30.0}
+    assert set(angles[sampler(10, 400, rng)]) == set(angles)  # curriculum over: uniform over every pair
+    # off: exactly the draws of the uniform sampler, so runs without a curriculum are unchanged
+    off = train_gst.PairSampler(rel, train_gst.GSTTrainConfig())
+    assert np.array_equal(off(0, 50, np.random.default_rng(3)), np.random.default_rng(3).integers(0, 6, 50))
+
+
+def test_camera_label_smoothing_spreads_the_target_over_its_nearest_codes_only():
+    codebook = torch.tensor([[0.0], [1.0], [2.1], [10.0]])  # camera codes 0..3 at token ids 5..8
+    smoothing = train_gst.CameraSmoothing(codebook, camera_offset=5, eps=0.2, neighbours=1)
+    assert smoothing.neighbours[:, 0].tolist() == [6, 5, 6, 7]
+    logits = torch.randn(2, 3, 10)
+    targets = torch.tensor([[0, 5, 8], [7, 4, 6]])  # image ids 0 and 4 are not smoothed
+    logp = logits.log_softmax(-1)
+    got = smoothing.losses(logits, targets)
+    expected = -logp.gather(-1, targets[..., None])[..., 0]
+    for b, t, near in ((0, 1, 6), (0, 2, 7), (1, 0, 6), (1, 2, 5)):
+        expected[b, t] = -0.8 * logp[b, t, targets[b, t]] - 0.2 * logp[b, t, near]
+    assert torch.allclose(got, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="camera_label_smoothing"):
+        train_gst.CameraSmoothing(codebook, 5, 1.0, 1)
+
+
+def test_curriculum_smoothing_and_ema_train_and_load_as_a_model(built, tmp_path):
+    from training import generalization_study as g
+
+    _, cfg = built
+    gst = _gst_config(cfg, tmp_path / "variant", 2)
+    gst.curriculum_steps, gst.camera_label_smoothing, gst.ema_decay = 2, 0.1, 0.5
+    run = train_gst.main(gst).parent
+    assert (run / "last" / "transformer.ema.safetensors").is_file()
+    study = {"base_model": cfg["out"], "finetune": {"steps": 2}}
+    model = g.model_at(study, run, 2, ema=True)
+    ema = load_file(str(run / "last" / "transformer.ema.safetensors"))
+    loaded = GSTPipeline.from_pretrained(model).bundle.transformer.state_dict()
+    assert all(torch.equal(loaded[k], ema[k]) for k in ema)
+    with pytest.raises(ValueError, match="only for the last step"):
+        g.model_at(study, run, 1, ema=True)

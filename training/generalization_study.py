@@ -114,15 +114,20 @@ def train_timing(run: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def model_at(cfg: dict, run: Path, step: int) -> Path:
-    """A model directory: the base model with the transformer of `run` at `step`."""
-    out = run / f"model_{step:06d}"
+def model_at(cfg: dict, run: Path, step: int, ema: bool = False) -> Path:
+    """A model directory: the base model with the transformer of `run` at `step` (`ema`: the run's final
+    exponential moving average of the weights instead; `step` must then be the last)."""
+    out = run / f"model_{'ema_' if ema else ''}{step:06d}"
     if (out / "config.json").is_file():
         return out
+    if ema and step != cfg["finetune"]["steps"]:
+        raise ValueError(f"EMA weights exist only for the last step ({cfg['finetune']['steps']}), not {step}")
+    weights = run / "last" / "transformer.ema.safetensors" if ema else run / f"step_{step:06d}" / "transformer.safetensors"
     bundle = load_bundle(cfg["base_model"])
-    bundle.transformer.load_state_dict(load_file(str(run / f"step_{step:06d}" / "transformer.safetensors")))
+    bundle.transformer.load_state_dict(load_file(str(weights)))
     bundle.metadata = {**bundle.metadata, "name": f"{bundle.metadata.get('name', 'base')} + {run.name} "
-                       f"fine-tuning step {step}", "finetuned_from": cfg["base_model"], "finetune_step": step}
+                       f"fine-tuning step {step}{' (EMA)' if ema else ''}", "finetuned_from": cfg["base_model"],
+                       "finetune_step": step}
     save_bundle(bundle, out)
     return out
 

@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from gst_model.checkpoint import load_weights
+from gst_model.geometry import rotation_angle
 from gst_model.data.token_cache import TokenCache
 from gst_model.transformer import GSTConfig, Transformer
 from gst_model.vocab import Task, Vocabulary
@@ -56,6 +57,14 @@ class GSTTrainConfig:
     # relative pose is decided by the first few camera tokens; the rest follow from them and from the
     # smooth ray map, so without extra weight the pose signal is a small share of the loss.
     camera_loss_weight: float = 1.0
+    # Curriculum: for the first curriculum_steps steps, pairs are drawn only among those turned by at most
+    # an angle growing linearly from curriculum_start_deg to the largest rotation in the data (0 = off).
+    curriculum_steps: int = 0
+    curriculum_start_deg: float = 15.0
+    # Label smoothing of camera tokens over each code's nearest codes in the camera tokenizer's codebook:
+    # the target keeps 1 - eps, its neighbours share eps (codes that decode to similar rays). 0 = off.
+    camera_label_smoothing: float = 0.0
+    camera_smoothing_neighbours: int = 4
     # Start code embeddings (and head rows) at the tokenizers' codebook vectors instead of at random.
     init_from_codebooks: bool = False
     # Fine-tuning: start from these transformer weights (a model directory or a .safetensors file;
@@ -96,11 +105,73 @@ def build_sequences(tokens: TokenCache, pair_idx: np.ndarray, tasks: np.ndarray,
     return torch.from_numpy(seq)
 
 
-def token_losses(model: torch.nn.Module, seq: torch.Tensor, tokens_per_view: int) -> torch.Tensor:
+def token_losses(model: torch.nn.Module, seq: torch.Tensor, tokens_per_view: int,
+                 smoothing: "CameraSmoothing | None" = None) -> torch.Tensor:
     """[B, 2T] next-token cross-entropy of every token after the observation and task token."""
     logits = model(seq[:, :-1])
     first = tokens_per_view  # logits at the task-token slot predict the first generated token
+    if smoothing is not None:
+        return smoothing.losses(logits[:, first:], seq[:, 1 + first:])
     return F.cross_entropy(logits[:, first:].float().transpose(1, 2), seq[:, 1 + first:], reduction="none")
+
+
+class CameraSmoothing:
+    """Cross-entropy whose camera-token targets are smoothed over their nearest codebook neighbours."""
+
+    def __init__(self, codebook: torch.Tensor, camera_offset: int, eps: float, neighbours: int):
+        if not 0.0 < eps < 1.0 or neighbours < 1:
+            raise ValueError(f"camera_label_smoothing must be in (0, 1) and neighbours >= 1, got {eps}, {neighbours}")
+        dist = torch.cdist(codebook.float(), codebook.float())
+        dist.fill_diagonal_(float("inf"))
+        self.neighbours = dist.topk(neighbours, largest=False).indices + camera_offset  # [codes, k] token ids
+        self.offset, self.count, self.eps = camera_offset, codebook.shape[0], eps
+
+    def losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logp = logits.float().log_softmax(-1)
+        nll = -logp.gather(-1, targets[..., None])[..., 0]
+        code = targets - self.offset
+        is_camera = (code >= 0) & (code < self.count)
+        near = self.neighbours.to(targets.device)[code.clamp(0, self.count - 1)]  # [B, L, k]
+        smooth = -logp.gather(-1, near).mean(-1)
+        return torch.where(is_camera, (1 - self.eps) * nll + self.eps * smooth, nll)
+
+
+def camera_smoothing(cfg: "GSTTrainConfig", vocab: Vocabulary) -> CameraSmoothing | None:
+    if cfg.camera_label_smoothing <= 0:
+        return None
+    from training.tokenize_dataset import load_trained_tokenizer
+
+    meta = json.loads((Path(cfg.tokens) / "meta.json").read_text())
+    codebook = load_trained_tokenizer(meta["config"]["camera"], "camera").quantize.codebook().detach()
+    if codebook.shape[0] != vocab.camera_codes:
+        raise ValueError(f"camera tokenizer has {codebook.shape[0]} codes, the token cache {vocab.camera_codes}")
+    return CameraSmoothing(codebook, vocab.camera_offset, cfg.camera_label_smoothing, cfg.camera_smoothing_neighbours)
+
+
+class PairSampler:
+    """Training pair indices for a step: uniform, or under a curriculum only among the pairs turned by at
+    most an angle that grows with the step (so early steps see small, easy rotations)."""
+
+    def __init__(self, rel_c2w: np.ndarray, cfg: "GSTTrainConfig"):
+        self.num_pairs, self.cfg = len(rel_c2w), cfg
+        if cfg.curriculum_steps > 0:
+            angles = np.rad2deg(rotation_angle(rel_c2w))
+            self.order = np.argsort(angles, kind="stable")
+            self.sorted_angles = angles[self.order]
+
+    def limit_deg(self, step: int) -> float | None:
+        cfg = self.cfg
+        if cfg.curriculum_steps <= 0 or step >= cfg.curriculum_steps:
+            return None
+        top = float(self.sorted_angles[-1])
+        return min(top, cfg.curriculum_start_deg + (top - cfg.curriculum_start_deg) * step / cfg.curriculum_steps)
+
+    def __call__(self, step: int, n: int, rng: np.random.Generator) -> np.ndarray:
+        limit = self.limit_deg(step)
+        if limit is None:
+            return rng.integers(0, self.num_pairs, n)
+        allowed = max(1, int(np.searchsorted(self.sorted_angles, limit, side="right")))
+        return self.order[rng.integers(0, allowed, n)]
 
 
 def loss_weights(tasks: np.ndarray, tokens_per_view: int, camera_loss_weight: float) -> torch.Tensor:
@@ -111,9 +182,9 @@ def loss_weights(tasks: np.ndarray, tokens_per_view: int, camera_loss_weight: fl
 
 
 def sequence_loss(model: torch.nn.Module, seq: torch.Tensor, tokens_per_view: int,
-                  weights: torch.Tensor | None = None) -> torch.Tensor:
+                  weights: torch.Tensor | None = None, smoothing: CameraSmoothing | None = None) -> torch.Tensor:
     """Mean (or weighted mean) next-token cross-entropy over every token after the prompt."""
-    losses = token_losses(model, seq, tokens_per_view)
+    losses = token_losses(model, seq, tokens_per_view, smoothing)
     if weights is None:
         return losses.mean()
     return (losses * weights).sum() / weights.sum()
@@ -203,6 +274,8 @@ def main(cfg: GSTTrainConfig) -> Path:
         shard_model(model)
     optimizer = model.configure_optimizers(cfg.optim.weight_decay, cfg.optim.lr, cfg.optim.betas)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    sample_pairs = PairSampler(train.rel_c2w, cfg)
+    smoothing = camera_smoothing(cfg, vocab)
     out = Path(cfg.out)
     start = 0
     if cfg.resume and (out / "last" / "trainer_state.pt").exists():
@@ -229,12 +302,12 @@ def main(cfg: GSTTrainConfig) -> Path:
         total = 0.0
         for micro in range(cfg.optim.grad_accum):
             rng = np.random.default_rng([cfg.seed, dist_info.rank, step, micro])
-            idx = rng.integers(0, len(train.pairs), cfg.batch_size)
+            idx = sample_pairs(step, cfg.batch_size, rng)
             tasks = sample_tasks(cfg, step, len(idx), rng)
             seq = build_sequences(train, idx, tasks, vocab, cfg.cond_dropout, rng).to(device)
             weights = loss_weights(tasks, vocab.tokens_per_view, cfg.camera_loss_weight).to(device)
             with autocast_context(device):
-                loss = sequence_loss(ddp_model, seq, vocab.tokens_per_view, weights) / cfg.optim.grad_accum
+                loss = sequence_loss(ddp_model, seq, vocab.tokens_per_view, weights, smoothing) / cfg.optim.grad_accum
             loss.backward()
             total += loss.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
