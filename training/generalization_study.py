@@ -36,11 +36,10 @@ from gst_model.checkpoint import load_bundle, save_bundle  # noqa: E402
 from gst_model.data import holdout_scenes  # noqa: E402
 from gst_model.data.make_synthetic import SyntheticConfig  # noqa: E402
 from gst_model.pipeline import GSTPipeline  # noqa: E402
-from training import selection_study, tokenize_dataset, train_gst  # noqa: E402
+from training import pair_sets, selection_study, tokenize_dataset, train_gst  # noqa: E402
 from training.build_default import render_unless_present, tokens_present  # noqa: E402
 from training.common import _build, setup_logging, torch_threads  # noqa: E402
 from training.data import PairConfig  # noqa: E402
-from training.uncertainty import real_pairs  # noqa: E402
 
 log = logging.getLogger("gst.generalization")
 SETS = ("in_domain", "other_renderer", "real")
@@ -134,9 +133,7 @@ def model_at(cfg: dict, run: Path, step: int, ema: bool = False) -> Path:
 
 def eval_pairs(cfg: dict, which: str):
     spec = cfg["evaluate"]["sets"][which]
-    if which == "real":
-        return real_pairs(SimpleNamespace(**spec))
-    return selection_study.dataset_pairs(SimpleNamespace(**spec))
+    return pair_sets.pairs_of(SimpleNamespace(**spec, real=which == "real"))
 
 
 def evaluate_model(cfg: dict, model_dir: str, cache: Path) -> dict:

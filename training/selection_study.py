@@ -35,13 +35,11 @@ import numpy as np
 from tqdm import tqdm
 
 from gst_model import metrics
-from gst_model.data.formats import read_re10k_split
-from gst_model.data.pairs import PairDataset
 from gst_model.geometry import rotation_angle_deg
 from gst_model.pipeline import GSTPipeline
 from gst_model.pose_samples import summarize
+from training import pair_sets
 from training.common import torch_threads
-from training.uncertainty import real_pairs
 
 log = logging.getLogger("gst.selection_study")
 
@@ -53,44 +51,11 @@ ROTATION_BINS = (0.0, 15.0, 30.0, 180.0)  # degrees of true relative rotation
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model)")
-    p.add_argument("--data", default=None, help="RealEstate10K-layout root")
-    p.add_argument("--split", default="test")
+    pair_sets.add_arguments(p, pairs=100)
     p.add_argument("--intrinsics", action="store_true",
                    help="pass each image with its K at --image-size (for cameras unlike the model's)")
     p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--max-rot", type=float, default=60.0, help="largest true rotation of a pair (degrees)")
-    p.add_argument("--real", action="store_true", help="the real pairs of training.evaluate_real instead")
-    p.add_argument("--min-baseline", type=float, default=0.2, help="real pairs: smallest camera distance")
-    p.add_argument("--max-pairs-per-scene", type=int, default=30)
-    p.add_argument("--max-side", type=int, default=1024)
-    p.add_argument("--pairs", type=int, default=100, help="pairs of --data (items 0..pairs-1)")
-    p.add_argument("--num-samples", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache", default=None, help="samples.npz of an earlier run: skip the model")
-    p.add_argument("--label", default=None, help="what the pairs are, for the report")
-    p.add_argument("--out", required=True)
-    p.add_argument("--threads", type=int, default=0)
-    args = p.parse_args(argv)
-    if args.cache is None and not args.real and args.data is None:
-        p.error("give --data, --real or --cache")
-    return args
-
-
-def dataset_pairs(args):
-    """(image a, image b, K_a, K_b, true relative c2w) of --data, items 0..pairs-1 as training.evaluate."""
-    scenes = read_re10k_split(args.data, args.split)
-    if not scenes:
-        raise FileNotFoundError(f"no sequences under {Path(args.data) / args.split}")
-    size = args.image_size if args.intrinsics else 64
-    ds = PairDataset(scenes, size=size, max_rot_deg=args.max_rot, pairs_per_scene=-(-args.pairs // len(scenes)),
-                     scale_mode="scene", seed=args.seed)
-    for i in range(args.pairs):
-        p = ds.sample(i)
-        if args.intrinsics:
-            yield p.obs_image, p.target_image, p.K_obs, p.K_target, p.rel_c2w
-        else:
-            yield p.obs_image, p.target_image, None, None, p.rel_c2w
+    return pair_sets.check_source(p, p.parse_args(argv))
 
 
 def collect(pipe: GSTPipeline, pairs, args) -> dict:
@@ -187,7 +152,7 @@ def run(args: argparse.Namespace) -> dict:
     else:
         with torch_threads(args.threads):
             pipe = GSTPipeline.from_pretrained(args.model)
-            pairs = real_pairs(args) if args.real else dataset_pairs(args)
+            pairs = pair_sets.pairs_of(args)
             start = time.perf_counter()
             data = collect(pipe, pairs, args)
             log.info("%d pairs in %.0f s", len(data["truth"]), time.perf_counter() - start)

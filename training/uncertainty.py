@@ -32,11 +32,9 @@ import torch
 from tqdm import tqdm
 
 from gst_model import classical, metrics, pose_samples
-from gst_model.data.cameras import relative_pose
-from gst_model.data.formats import read_re10k_split, scene_scale
-from gst_model.data.pairs import PairDataset
 from gst_model.geometry import rotation_angle_deg
 from gst_model.pipeline import HYBRID_MIN_INLIERS, HYBRID_PRIOR_NATS, GSTPipeline
+from training import pair_sets
 
 log = logging.getLogger("gst.uncertainty")
 
@@ -47,58 +45,12 @@ KEYS = ("samples", "log_likelihoods", "truth", "classical_c2w", "classical_log_l
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model)")
-    p.add_argument("--data", default=None, help="RealEstate10K-layout root (e.g. the synthetic data)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--real", action="store_true", help="the real samples (gst_model.data.real_samples) instead")
-    p.add_argument("--pairs", type=int, default=200, help="synthetic pairs (items 0..pairs-1, as evaluate)")
-    # real pairs: the selection of training.evaluate_real, with its defaults
-    p.add_argument("--max-rot", type=float, default=60.0, help="real pairs: largest true rotation (degrees)")
-    p.add_argument("--min-baseline", type=float, default=0.2, help="real pairs: smallest camera distance "
-                   "(scene scales)")
-    p.add_argument("--max-pairs-per-scene", type=int, default=30)
-    p.add_argument("--max-side", type=int, default=1024, help="real pairs: longer image side (shrunk, K scaled)")
-    p.add_argument("--num-samples", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0, help="pair choice, sampling and the halves' split")
+    pair_sets.add_arguments(p, pairs=200)  # --seed also splits the pairs into the two halves
     p.add_argument("--inlier-deg", type=float, default=15.0)
-    p.add_argument("--cache", default=None, help="samples.npz of an earlier run: skip the model")
-    p.add_argument("--label", default=None, help="what the pairs are, for the report (default: from the arguments)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
-    args = p.parse_args(argv)
-    if args.cache is None and not args.real and args.data is None:
-        p.error("give --data, --real or --cache")
-    return args
+    return pair_sets.check_source(p, p.parse_args(argv))
 
 
 # --------------------------------------------------------------------------------- the cache
-def _synthetic_pairs(args):
-    scenes = read_re10k_split(args.data, args.split)
-    if not scenes:
-        raise FileNotFoundError(f"no sequences under {Path(args.data) / args.split}")
-    ds = PairDataset(scenes, size=64, pairs_per_scene=-(-args.pairs // len(scenes)), scale_mode="scene",
-                     seed=args.seed)
-    for i in range(args.pairs):
-        p = ds.sample(i)
-        # the pairs of training.evaluate: the model's own 64 px crops, no intrinsics
-        yield p.obs_image, p.target_image, None, None, p.rel_c2w
-
-
-def real_pairs(args):
-    """The pairs of training.evaluate_real (same selection, sizes and seed), translations in scene scales."""
-    from gst_model.data.real_samples import evaluation_scenes
-    from training.evaluate_real import limit_size, select_pairs
-
-    rng = np.random.default_rng(args.seed)
-    for scene in evaluation_scenes():
-        pairs = select_pairs(scene, args.max_rot, args.min_baseline, args.max_pairs_per_scene, rng)
-        views = {i: limit_size(*scene.views[i].load(), args.max_side) for i in sorted({i for p in pairs for i in p})}
-        for a, b in pairs:
-            rel = relative_pose(scene.views[a].c2w, scene.views[b].c2w)
-            rel[:3, 3] /= scene_scale(scene)
-            yield views[a][0], views[b][0], views[a][1], views[b][1], rel
-
-
 def collect(pipe: GSTPipeline, pairs, args) -> dict:
     out = {k: [] for k in KEYS}
     for i, (a, b, K_a, K_b, truth) in enumerate(tqdm(list(pairs), desc="pairs", unit="pair")):
@@ -329,7 +281,7 @@ def run(args: argparse.Namespace) -> dict:
             raise RuntimeError(classical.OPENCV_ERROR)
         pipe = GSTPipeline.from_pretrained(args.model)
         t0 = time.time()
-        cache = collect(pipe, real_pairs(args) if args.real else _synthetic_pairs(args), args)
+        cache = collect(pipe, pair_sets.pairs_of(args), args)
         log.info("sampled %d pairs in %.0f s", len(cache["truth"]), time.time() - t0)
         np.savez(out / "samples.npz", **cache)
     result = analyse(Study(cache, args.inlier_deg), args.seed)
