@@ -6,7 +6,7 @@ Frames:
 - the *reference* frame is the camera of the first image, or of the image given to `set_reference`; TF's
   `reference_frame` and every published pose are expressed in it;
 - the *keyframe* is the image each new frame is estimated against. It starts as the reference; re-keying
-  (consistency below a threshold for some frames) makes the current frame the keyframe, with its pose in the
+  (confidence below a threshold for some frames) makes the current frame the keyframe, with its pose in the
   reference frame taken from the estimate that triggered it. Poses are chained through the keyframes, so
   re-keying changes what the model compares, not the frame the answers are in: TF users see no jump.
   Translations are chained in each estimate's own scene-normalised units (monocular: the scale between
@@ -32,7 +32,7 @@ class Keyframe:
 
 @dataclass(frozen=True)
 class RekeyPolicy:
-    min_consistency: float = 0.0  # 0 = never re-key
+    min_confidence: float = 0.0  # 0 = never re-key
     after_frames: int = 3
 
 
@@ -115,9 +115,9 @@ class Localizer:
             if self._keyframe.id != keyframe.id:
                 return out
             self._last_estimate = (keyframe.id, np.array(est.c2w, dtype=np.float64))
-            if rekey.min_consistency <= 0:
+            if rekey.min_confidence <= 0:
                 return out
-            self._low = self._low + 1 if est.consistency < rekey.min_consistency else 0
+            self._low = self._low + 1 if est.confidence < rekey.min_confidence else 0
             if self._low >= rekey.after_frames:
                 self.rekeys += 1
                 out.rekeyed_to = self._new_keyframe(image, stamp_ns, pose).id

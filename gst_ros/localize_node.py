@@ -115,7 +115,7 @@ class LocalizeNode(GstNode):
         self._stats.record_done(done - received, wait=started - received, convert=converted - started,
                                 model=model_s[0], publish=done - converted - model_s[0])
         if out.rekeyed_to is not None:
-            self.get_logger().info(f"consistency below {param(self, 'rekey_min_consistency')} for "
+            self.get_logger().info(f"confidence below {param(self, 'rekey_min_confidence')} for "
                                    f"{param(self, 'rekey_after_frames')} frames: re-keyed, keyframe {out.rekeyed_to}")
 
     def _estimate(self, image_a, image_b, num_samples: int | None = None, seed: int | None = None,
@@ -154,6 +154,8 @@ class LocalizeNode(GstNode):
             response.pose = conv.pose_with_covariance(est.c2w, est.covariance)
             response.samples = [conv.matrix_to_pose(T) for T in est.samples]
             response.consistency, response.residual = float(est.consistency), float(est.residual)
+            response.confidence, response.source = float(est.confidence), est.source
+            response.low_confidence = bool(est.confidence < param(self, "min_confidence"))
             response.success, response.message = True, f"{n} samples"
         except Exception as exc:  # bad request or model failure: answer, count, keep serving
             self._error(f"estimate_pose: {exc}")

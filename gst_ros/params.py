@@ -84,9 +84,9 @@ LOCALIZE_PARAMS = MODEL_PARAMS + (
     ParamSpec("camera_frame", "gst_camera_optical", "TF child: optical frame of the current camera"),
     ParamSpec("publish_tf", True, "broadcast reference_frame -> camera_frame on /tf"),
     ParamSpec("max_rate_hz", 0.0, "cap on estimates per second (0 = as fast as the model runs)", 0.0, 1000.0),
-    ParamSpec("rekey_min_consistency", 0.0, "re-key (current frame becomes the keyframe) when consistency "
+    ParamSpec("rekey_min_confidence", 0.0, "re-key (current frame becomes the keyframe) when confidence "
               "stays below this for rekey_after_frames frames (0 = never)", 0.0, 1.0),
-    ParamSpec("rekey_after_frames", 3, "consecutive low-consistency frames before re-keying", 1, 10000),
+    ParamSpec("rekey_after_frames", 3, "consecutive low-confidence frames before re-keying", 1, 10000),
     ParamSpec("autostart", True, "configure and activate at start-up (no lifecycle manager needed)",
               configure_only=True),
 )
@@ -226,4 +226,4 @@ def pose_kwargs(get: Callable[[str], object], num_samples: int | None = None, se
 
 def rekey_policy(get: Callable[[str], object]) -> RekeyPolicy:
     """The re-key parameters as gst_ros.keyframes.Localizer's policy."""
-    return RekeyPolicy(min_consistency=get("rekey_min_consistency"), after_frames=get("rekey_after_frames"))
+    return RekeyPolicy(min_confidence=get("rekey_min_confidence"), after_frames=get("rekey_after_frames"))

@@ -29,9 +29,9 @@ def _pose(angle_deg: float, t) -> np.ndarray:
 class Camera:
     """Frames are images whose first pixel is their index; the 'model' answers the true relative pose."""
 
-    def __init__(self, n: int, low_consistency_from: int):
+    def __init__(self, n: int, low_confidence_from: int):
         self.world = [_pose(4.0 * i, [0.1 * i, -0.05 * i, 0.02 * i * i]) for i in range(n)]
-        self.low_from = low_consistency_from
+        self.low_from = low_confidence_from
         self.calls = []
 
     def image(self, i: int) -> np.ndarray:
@@ -44,16 +44,16 @@ class Camera:
         self.calls.append((a, b))
         cov = np.diag([1e-2, 2e-2, 3e-2, 1e-3, 2e-3, 3e-3])
         return SimpleNamespace(c2w=np.linalg.inv(self.world[a]) @ self.world[b], covariance=cov,
-                               consistency=0.1 if b >= self.low_from else 0.9, samples=np.zeros((2, 4, 4)))
+                               confidence=0.1 if b >= self.low_from else 0.9, samples=np.zeros((2, 4, 4)))
 
 
 def test_rekeying_keeps_the_reference_frame():
     """After a re-key the frames are compared with the new keyframe, and their poses stay in the first
     frame's camera: TF sees the true trajectory, no jump (the old node published the pose relative to the
     new keyframe under the same frame name)."""
-    cam = Camera(9, low_consistency_from=3)
+    cam = Camera(9, low_confidence_from=3)
     loc = Localizer()
-    policy = RekeyPolicy(min_consistency=0.5, after_frames=2)
+    policy = RekeyPolicy(min_confidence=0.5, after_frames=2)
     outs = [loc.localize(cam.image(i), 1000 + i, cam.estimate, policy) for i in range(9)]
     assert outs[0].pose is None and outs[0].keyframe.id == 1
     # frames 3 and 4 are low: frame 4 becomes keyframe 2; 5 and 6 low again: frame 6 keyframe 3; then frame 8
@@ -70,13 +70,13 @@ def test_rekeying_keeps_the_reference_frame():
 
 
 def test_no_rekeying_when_off_and_reset_by_a_good_frame():
-    cam = Camera(6, low_consistency_from=1)
+    cam = Camera(6, low_confidence_from=1)
     loc = Localizer()
     outs = [loc.localize(cam.image(i), i, cam.estimate, RekeyPolicy()) for i in range(6)]
     assert all(o.rekeyed_to is None for o in outs) and {o.keyframe.id for o in outs} == {1}
     # low, good, low, good ...: never two low frames in a row
     loc = Localizer()
-    cam = Camera(6, low_consistency_from=99)
+    cam = Camera(6, low_confidence_from=99)
     for i in range(6):
         cam.low_from = i if i % 2 else 99
         out = loc.localize(cam.image(i), i, cam.estimate, RekeyPolicy(0.5, 2))
@@ -84,7 +84,7 @@ def test_no_rekeying_when_off_and_reset_by_a_good_frame():
 
 
 def test_set_reference_starts_a_new_reference_frame_and_marks_estimates_in_flight_stale():
-    cam = Camera(4, low_consistency_from=99)
+    cam = Camera(4, low_confidence_from=99)
     loc = Localizer()
     loc.localize(cam.image(0), 0, cam.estimate)
     assert loc.set_reference(cam.image(2), 2).id == 2
@@ -144,7 +144,7 @@ def test_preset_model_needs_random_weights(tmp_path, monkeypatch):
     assert "RANDOM" in params.model_label("tiny")
 
 def test_the_temporal_prior_is_the_latest_estimate_against_the_current_keyframe():
-    cam = Camera(6, low_consistency_from=3)
+    cam = Camera(6, low_confidence_from=3)
     loc = Localizer()
     assert loc.temporal_prior() is None
     loc.localize(cam.image(0), 0, cam.estimate)

@@ -39,6 +39,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 
 from gst_ros import conversions as conv  # noqa: E402
 from gst_ros.common import SERVICE_QOS  # noqa: E402
+from gst_ros.params import LOCALIZE_PARAMS  # noqa: E402
 
 pytestmark = pytest.mark.ros
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -276,6 +277,9 @@ def test_estimate_pose_service(stack):
                                                                num_samples=3, seed=4))
     assert r.success, r.message
     assert len(r.samples) == 3 and 0.0 <= r.consistency <= 1.0 and math.isfinite(r.residual)
+    min_confidence = next(p.default for p in LOCALIZE_PARAMS if p.name == "min_confidence")  # the stack keeps it
+    assert 0.0 <= r.confidence <= 1.0 and r.low_confidence == (r.confidence < min_confidence)
+    assert r.source in ("gst", "classical")
     assert _psd_symmetric(conv.list_to_covariance(r.pose.covariance))
     for p in [r.pose.pose, *r.samples]:
         conv.pose_to_matrix(p)
