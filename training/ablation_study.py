@@ -139,6 +139,9 @@ def write_report(result: dict, path: Path) -> None:
                 f"{100 * (row[s][rule]['rot_acc_15'] - base_row[s][rule]['rot_acc_15']):+.0f}" for s in sets) + " |")
     times = [f"{r['variant']} {r['timing']['train_seconds'] / 60:.0f} min ({r['timing']['threads']} thread(s))"
              for r in rows if r["timing"]]
+    if any(r["weights"] == "EMA" for r in rows):
+        lines += ["", "Validation losses are logged during training for the trained weights; for an EMA variant "
+                  "they are those of its raw weights, its pose accuracy that of the EMA weights."]
     lines += ["", "Fine-tuning time: " + (", ".join(times) or "not recorded") + ".", ""]
     path.write_text("\n".join(lines) + "\n")
 
