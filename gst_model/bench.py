@@ -271,7 +271,8 @@ def _speculative(bundle, rt, truth: torch.Tensor, pose) -> dict:
     K_ray = geometry.intrinsics_from_fov(view.fovy_deg, view.ray_size, view.ray_size).double()
     grid = bundle.transformer.config.grid_size
     drafts = {"geometric": lambda: GeometricDrafter(rt, vocab.camera_offset, grid, view.ray_size, K_ray,
-                                                    torch.eye(4, dtype=torch.float64)),
+                                                    torch.eye(4, dtype=torch.float64),
+                                                    partial_decoder=bundle.camera_partial_decoder),
               "tracked": lambda: GeometricDrafter(rt, vocab.camera_offset, grid, view.ray_size, K_ray,
                                                   _rotated(truth, 3.0), refit_rows=0)}
     out = {}
@@ -400,7 +401,8 @@ def _speculative_section(rows) -> list[str]:
     lines = ["", "## Speculative decoding of camera tokens", "",
              f"Blocks of {DRAFT_LEN} tokens (the row's last token + {DRAFT_LEN - 1} drafts) verified per transformer "
              "pass, top-k 100 sampling; passes include the prefill (plain decoding: T). 'geometric': the identity "
-             "camera, refitted to the rays of every newly completed grid row (decode the grid, fit, re-encode); "
+             "camera, refitted to the rays of every newly completed grid row (decode the known rows — with the "
+             "model's partial ray decoder when it has one — fit, re-encode); "
              "'tracked': a prior 3 degrees from the true pose, as the localize node's previous estimate of a slowly "
              "moving camera, never refitted. The shipped model ('default') runs a rendered pair of its own kind "
              "of scene; random-weight presets accept almost nothing, so their rows show the cost of the "

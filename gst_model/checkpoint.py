@@ -5,6 +5,8 @@ A checkpoint is a directory:
     transformer.safetensors       GPT weights (official key names)
     image_tokenizer.safetensors   image VQ weights (official key names)
     camera_tokenizer.safetensors  camera VQ weights (official key names)
+    camera_partial_decoder.safetensors  optional: rays of a partial camera grid, for speculative drafts
+                                  (gst_model.partial_rays; same architecture as the camera decoder)
 Nothing is unpickled when loading; official `.pt` files are read with `torch.load(weights_only=True)`.
 """
 from __future__ import annotations
@@ -42,6 +44,7 @@ class ModelBundle:
     camera_tokenizer: VQModel
     view: ViewSpec
     metadata: dict = field(default_factory=dict)
+    camera_partial_decoder: torch.nn.Module | None = None  # gst_model.partial_rays.PartialRayDecoder
 
     @property
     def vocab(self) -> Vocabulary:
@@ -129,6 +132,11 @@ def save_bundle(bundle: ModelBundle, out_dir: str | Path) -> Path:
         state = {k: v.detach().contiguous().cpu() for k, v in getattr(bundle, part).state_dict().items()
                  if not k.endswith("codebook_used")}  # usage statistics, not weights
         save_file(state, str(out / f"{part}.safetensors"))
+    if bundle.camera_partial_decoder is not None:
+        from gst_model import partial_rays
+
+        save_file({k: v.detach().contiguous().cpu() for k, v in bundle.camera_partial_decoder.state_dict().items()},
+                  str(out / partial_rays.WEIGHTS_FILE))
     (out / "config.json").write_text(json.dumps(bundle.config_dict(), indent=2) + "\n")
     return out
 
@@ -167,7 +175,10 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBu
                    "camera_tokenizer": VQModel(camera_cfg)}
     for part, module in modules.items():
         modules[part] = load_weights(module, path / f"{part}.safetensors", device)
-    return ModelBundle(**modules, view=view, metadata=cfg.get("metadata", {})).eval()
+    from gst_model import partial_rays
+
+    partial = partial_rays.load(path, modules["camera_tokenizer"])
+    return ModelBundle(**modules, view=view, metadata=cfg.get("metadata", {}), camera_partial_decoder=partial).eval()
 
 
 def load_part(path: str | Path, part: str, device: str | torch.device = "cpu") -> torch.nn.Module:

@@ -1,8 +1,9 @@
 """Geometric drafts for speculative decoding of camera tokens.
 
 Camera tokens encode a Plücker ray map, and a rigid camera is fixed by a few of its rays: once some rows of
-the token grid are known, the rest are nearly determined. The drafter decodes each row's grid (accepted
-tokens, unknown positions filled from its current draft), fits a camera to the rays of the known rows only
+the token grid are known, the rest are nearly determined. The drafter decodes the known rows of each row's grid
+(with the model's partial ray decoder, `gst_model.partial_rays`, which reads the known rows alone; without one,
+the full decoder with the unknown positions filled from the current draft), fits a camera to those rays
 (least-squares centre, Procrustes rotation — `geometry.cameras_from_plucker` with per-ray weights), renders
 that camera's full ray map and encodes it: the tokens after the accepted prefix are the draft. Before a full
 row is known the draft is the prior camera's tokens (the identity, or the previous estimate of a tracked
@@ -22,15 +23,18 @@ class GeometricDrafter:
     runtime: encodes/decodes ray maps (`encode_rays`, `decode_rays`); camera_offset: vocabulary id of camera
     code 0; prior_c2w [4,4] or [N,4,4] and K_ray [3,3] (ray-map pixels): the camera drafted before any grid row
     is known; refit_rows: refit after every this many newly completed grid rows (0: never refit, draft the prior
-    throughout — the cheap choice when the prior is already close, e.g. the previous frame's estimate).
+    throughout — the cheap choice when the prior is already close, e.g. the previous frame's estimate);
+    partial_decoder: a `partial_rays.PartialRayDecoder` for the known rows' rays (None: decode the full grid).
     """
 
     def __init__(self, runtime, camera_offset: int, grid_size: int, ray_size: int, K_ray: torch.Tensor,
-                 prior_c2w: torch.Tensor, *, estimate_intrinsics: bool = False, refit_rows: int = 1):
+                 prior_c2w: torch.Tensor, *, estimate_intrinsics: bool = False, refit_rows: int = 1,
+                 partial_decoder=None):
         self.runtime, self.offset, self.grid, self.size = runtime, camera_offset, grid_size, ray_size
         self.K_ray = torch.as_tensor(K_ray, dtype=torch.float64)
         self.estimate_intrinsics = estimate_intrinsics
         self.refit_rows = refit_rows
+        self.partial_decoder = partial_decoder
         prior = torch.as_tensor(prior_c2w, dtype=torch.float64)
         self.prior = self.encode(prior if prior.dim() == 3 else prior[None])
         self.draft: torch.Tensor | None = None  # [N, T] current full-grid draft per row
@@ -54,8 +58,12 @@ class GeometricDrafter:
         refit = (known_rows >= self.fitted_rows + self.refit_rows) & (lengths < T)
         if bool(refit.any()):
             idx = refit.nonzero()[:, 0]
-            grid = torch.where(torch.arange(T) < lengths[idx, None], tokens[idx], self.draft[idx])
-            rays = self.runtime.decode_rays(grid - self.offset).double().cpu()
+            if self.partial_decoder is not None:
+                with torch.no_grad():
+                    rays = self.partial_decoder(tokens[idx] - self.offset, known_rows[idx]).double()
+            else:
+                grid = torch.where(torch.arange(T) < lengths[idx, None], tokens[idx], self.draft[idx])
+                rays = self.runtime.decode_rays(grid - self.offset).double().cpu()
             pixel_rows = torch.arange(self.size) * self.grid // self.size  # token-grid row of each ray-map row
             weights = (pixel_rows[None, :, None] < known_rows[idx, None, None]).double().expand(-1, -1, self.size)
             fit = geometry.cameras_from_plucker(rays, K=self.K_ray, estimate_intrinsics=self.estimate_intrinsics,

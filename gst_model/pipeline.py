@@ -147,7 +147,8 @@ class GSTPipeline:
         K_ray = torch.as_tensor(self._ray_pixels(self.default_intrinsics()))
         return GeometricDrafter(self.runtime, self.vocab.camera_offset, self.bundle.transformer.config.grid_size,
                                 self.view.ray_size, K_ray, torch.as_tensor(prior),
-                                estimate_intrinsics=self.estimate_intrinsics, refit_rows=0 if prior_c2w is not None else 1)
+                                estimate_intrinsics=self.estimate_intrinsics, refit_rows=0 if prior_c2w is not None else 1,
+                                partial_decoder=self.bundle.camera_partial_decoder)
 
     def _image_codes(self, images: list[np.ndarray], Ks: list | None = None) -> torch.Tensor:
         return self.runtime.encode_images(to_model_input(images, self.view.image_size, Ks,

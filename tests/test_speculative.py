@@ -177,8 +177,12 @@ def _rendered_pairs(n: int, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return pairs
 
 
-def test_greedy_speculative_camera_tokens_equal_plain_greedy_on_the_shipped_model(shipped):
-    """24 image pairs decoded as one batch of distinct prompts, with geometric drafts refitted per grid row."""
+@pytest.mark.parametrize("rays", ["full decoder", "partial decoder"])
+def test_greedy_speculative_camera_tokens_equal_plain_greedy_on_the_shipped_model(shipped, rays):
+    """24 image pairs decoded as one batch of distinct prompts, with geometric drafts refitted per grid row
+    (the known rows' rays from the full camera decoder, or from the shipped partial ray decoder)."""
+    partial = shipped.bundle.camera_partial_decoder if rays == "partial decoder" else None
+    assert rays == "full decoder" or partial is not None, "the shipped model has a partial ray decoder"
     vocab, view, rt = shipped.vocab, shipped.view, shipped.runtime
     pairs = _rendered_pairs(24, view.image_size)
     codes = rt.encode_images(to_model_input([im for pair in pairs for im in pair], view.image_size))
@@ -187,7 +191,7 @@ def test_greedy_speculative_camera_tokens_equal_plain_greedy_on_the_shipped_mode
     plain = generate(rt.decoder(), prompts, T, greedy, segment_ranges=ranges)
     K_ray = torch.as_tensor(shipped.default_intrinsics()) * torch.tensor([[view.ray_size / view.image_size]] * 2 + [[1.0]])
     drafter = GeometricDrafter(rt, vocab.camera_offset, shipped.bundle.transformer.config.grid_size, view.ray_size,
-                               K_ray, torch.eye(4, dtype=torch.float64))
+                               K_ray, torch.eye(4, dtype=torch.float64), partial_decoder=partial)
     stats = DecodeStats()
     spec = generate(rt.decoder(), prompts, T, greedy, segment_ranges=ranges, draft=drafter, stats=stats)
     assert torch.equal(spec, plain)

@@ -436,3 +436,20 @@ def test_curriculum_smoothing_and_ema_train_and_load_as_a_model(built, tmp_path)
     assert all(torch.equal(loaded[k], ema[k]) for k in ema)
     with pytest.raises(ValueError, match="only for the last step"):
         g.model_at(study, run, 1, ema=True)
+
+
+def test_partial_decoder_training_lowers_the_known_row_error_and_installs_into_the_model(built, tmp_path):
+    import shutil
+
+    from training import train_partial_decoder
+
+    _, cfg = built
+    model = tmp_path / "model"
+    shutil.copytree(cfg["out"], model)
+    out = tmp_path / "partial"
+    assert train_partial_decoder.main(["--model", str(model), "--tokens", str(Path(cfg["runs"]) / "tokens"),
+                                       "--steps", "40", "--batch-size", "8", "--out", str(out), "--install"]) == 0
+    result = json.loads((out / "partial_decoder.json").read_text())
+    before, after = result["val_before"], result["val_after"]
+    assert after["partial_k1"] < before["partial_k1"]  # one known row: where the untrained copy is worst
+    assert GSTPipeline.from_pretrained(model).bundle.camera_partial_decoder is not None

@@ -67,7 +67,8 @@ class Study:
 
     def drafter(self) -> GeometricDrafter:
         return GeometricDrafter(self.rt, self.vocab.camera_offset, self.grid, self.view.ray_size, self.K_ray,
-                                torch.eye(4, dtype=torch.float64))
+                                torch.eye(4, dtype=torch.float64),
+                                partial_decoder=self.pipe.bundle.camera_partial_decoder)
 
     def encode(self, c2w: torch.Tensor) -> torch.Tensor:
         rays = geometry.plucker_rays_from_intrinsics(c2w, self.K_ray, self.view.ray_size, self.view.ray_size)
@@ -108,7 +109,14 @@ class Study:
                     weights = (torch.arange(R) * g // R < k).double()[None, :, None].expand(len(tokens), R, R)
                     partial_grid = torch.where(torch.arange(T) < known, tokens, identity)
                     partial = self.rt.decode_rays(partial_grid - self.vocab.camera_offset).double()
-                    for source, rays in (("full", full), ("partial", partial)):
+                    sources = [("full", full), ("partial", partial)]
+                    decoder = self.pipe.bundle.camera_partial_decoder
+                    if decoder is not None:
+                        with torch.no_grad():
+                            known_rows = torch.full((len(tokens),), k)
+                            sources.append(("partial decoder", decoder(tokens - self.vocab.camera_offset,
+                                                                       known_rows).double()))
+                    for source, rays in sources:
                         fit = geometry.cameras_from_plucker(rays, K=self.K_ray, weights=weights)
                         agree = (self.encode(fit.c2w) == tokens)[:, known:known + 8].float().mean().item()
                         out.setdefault(f"{mode} {k} rows {source}", []).append(agree)
@@ -161,7 +169,7 @@ def write_report(result: dict, path: Path) -> None:
     lines = [f"# Speculative decoding of camera tokens: `{cfg['model']}` on `{cfg['data']}` (test)", "",
              f"Written by `python -m training.speculative_study` ({cfg['threads']} threads, load average "
              f"{cfg['load_avg']:.1f} at start). Blocks of {DRAFT_LEN} tokens; geometric drafts (identity, refitted "
-             "to every newly completed grid row).", "", "## Transformer passes per pose", "",
+             "to every newly completed grid row, as GSTPipeline(speculative=True) drafts).", "", "## Transformer passes per pose", "",
              "| decoding | pairs | mean passes (plain) | tokens equal plain greedy | acceptance by grid row |",
              "|---|---|---|---|---|"]
     for name, r in result["passes"].items():
@@ -171,7 +179,9 @@ def write_report(result: dict, path: Path) -> None:
     lines += ["", "## Drafts from k known grid rows: share of the next 8 tokens predicted", "",
               "'full': the camera fitted to the known rows of the fully decoded sample (undisturbed rays); "
               "'partial': fitted after decoding the partial grid with the unknown rows filled from the identity "
-              "draft, as the drafter must.", "", "| sample, rows known, decode | agreement |", "|---|---|"]
+              "draft, the drafter's method without a partial decoder; 'partial decoder': the rays of the known rows "
+              "from the model's partial ray decoder (gst_model.partial_rays), the drafter's method with one.", "",
+              f"Partial ray decoder: {'yes' if cfg.get('partial_decoder') else 'none in this model'}.", "", "| sample, rows known, decode | agreement |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in result["drafts"].items()]
     c = result["cost"]
     lines += ["", "## Cost", "", f"One refit of 16 rows (decode + fit + encode): {c['refit_16_maps_s'] * 1e3:.0f} ms; "
@@ -201,7 +211,8 @@ def main(argv=None) -> int:
         pipe = GSTPipeline.from_pretrained(args.model, flush_denormal=True)
         study = Study(pipe, PairDataset(read_split(str(data), "test"), size=pipe.view.image_size, pairs_per_scene=48))
         result = {"config": {"model": args.model or "shipped default", "data": str(data),
-                             "threads": torch.get_num_threads(), "load_avg": os.getloadavg()[0]},
+                             "threads": torch.get_num_threads(), "load_avg": os.getloadavg()[0],
+                             "partial_decoder": pipe.bundle.camera_partial_decoder is not None},
                   "passes": {"greedy, N=1": study.passes(args.pairs, 1, SamplingParams(greedy=True)),
                              "sampled, N=16": study.passes(args.pairs, 16, SamplingParams())},
                   "drafts": study.draft_agreement(min(args.pairs, 6)),
