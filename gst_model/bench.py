@@ -59,7 +59,8 @@ def bundle_bytes(preset: str) -> int:
         from safetensors import safe_open
 
         numel = 0
-        for file in DEFAULT_MODEL_DIR.glob("*.safetensors"):
+        for file in (DEFAULT_MODEL_DIR / f"{part}.safetensors" for part in
+                     ("transformer", "image_tokenizer", "camera_tokenizer")):
             with safe_open(str(file), "pt") as f:
                 numel += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
         return 4 * numel
