@@ -128,15 +128,15 @@ def build_bundle(preset: str, seed: int | None = None, **transformer_overrides) 
 def save_bundle(bundle: ModelBundle, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for part in _PARTS:
-        state = {k: v.detach().contiguous().cpu() for k, v in getattr(bundle, part).state_dict().items()
-                 if not k.endswith("codebook_used")}  # usage statistics, not weights
-        save_file(state, str(out / f"{part}.safetensors"))
+    files = {f"{part}.safetensors": getattr(bundle, part) for part in _PARTS}
     if bundle.camera_partial_decoder is not None:
         from gst_model import partial_rays
 
-        save_file({k: v.detach().contiguous().cpu() for k, v in bundle.camera_partial_decoder.state_dict().items()},
-                  str(out / partial_rays.WEIGHTS_FILE))
+        files[partial_rays.WEIGHTS_FILE] = bundle.camera_partial_decoder
+    for name, module in files.items():
+        state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()
+                 if not k.endswith("codebook_used")}  # usage statistics, not weights
+        save_file(state, str(out / name))
     (out / "config.json").write_text(json.dumps(bundle.config_dict(), indent=2) + "\n")
     return out
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from gst_model import geometry
+from gst_model import geometry, partial_rays
 
 
 class GeometricDrafter:
@@ -64,8 +64,8 @@ class GeometricDrafter:
             else:
                 grid = torch.where(torch.arange(T) < lengths[idx, None], tokens[idx], self.draft[idx])
                 rays = self.runtime.decode_rays(grid - self.offset).double().cpu()
-            pixel_rows = torch.arange(self.size) * self.grid // self.size  # token-grid row of each ray-map row
-            weights = (pixel_rows[None, :, None] < known_rows[idx, None, None]).double().expand(-1, -1, self.size)
+            rows = partial_rays.known_ray_rows(known_rows[idx], self.grid, self.size)  # [n, R]
+            weights = rows[:, :, None].double().expand(-1, -1, self.size)
             fit = geometry.cameras_from_plucker(rays, K=self.K_ray, estimate_intrinsics=self.estimate_intrinsics,
                                                 weights=weights)
             self.draft[idx] = self.encode(fit.c2w, fit.K if self.estimate_intrinsics else None)

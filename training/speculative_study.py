@@ -30,6 +30,7 @@ from gst_model.data.make_synthetic import SyntheticConfig, assign_splits, render
 from gst_model.data.pairs import PairDataset
 from gst_model.data.registry import read_split
 from gst_model.drafting import GeometricDrafter
+from gst_model.partial_rays import known_ray_rows
 from gst_model.generate import DRAFT_LEN, DecodeStats, SamplingParams, generate
 from gst_model.image import to_model_input
 from gst_model.pipeline import GSTPipeline
@@ -106,14 +107,14 @@ class Study:
                 full = self.rt.decode_rays(tokens - self.vocab.camera_offset).double()
                 for k in rows:
                     known = k * g
-                    weights = (torch.arange(R) * g // R < k).double()[None, :, None].expand(len(tokens), R, R)
+                    known_rows = torch.full((len(tokens),), k)
+                    weights = known_ray_rows(known_rows, g, R)[:, :, None].double().expand(-1, -1, R)
                     partial_grid = torch.where(torch.arange(T) < known, tokens, identity)
                     partial = self.rt.decode_rays(partial_grid - self.vocab.camera_offset).double()
                     sources = [("full", full), ("partial", partial)]
                     decoder = self.pipe.bundle.camera_partial_decoder
                     if decoder is not None:
                         with torch.no_grad():
-                            known_rows = torch.full((len(tokens),), k)
                             sources.append(("partial decoder", decoder(tokens - self.vocab.camera_offset,
                                                                        known_rows).double()))
                     for source, rays in sources:

@@ -96,7 +96,7 @@ def train(model_dir: str, tokens: str, steps: int, batch_size: int, lr: float, s
     after = validate(decoder, camera_vq, val_codes, grid, identity)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in decoder.state_dict().items()}, str(out / partial_rays.WEIGHTS_FILE))
-    result = {"model": model_dir, "tokens": tokens, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+    result = {"model": model_dir, "tokens": tokens, "grid": grid, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
               "train_seconds": time.time() - t0, "val_before": before, "val_after": after, "log": log_rows}
     (out / "partial_decoder.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
@@ -117,10 +117,9 @@ def main(argv=None) -> int:
     setup_logging(True)
     with torch_threads(args.threads):
         result = train(args.model, args.tokens, args.steps, args.batch_size, args.lr, args.seed, Path(args.out))
-    grid = max(int(k.split("k")[-1]) for k in result["val_after"] if k.startswith("partial")) + 1
     print("| known rows | full decoder, rest filled with the identity | partial decoder before | after |")
     print("|---|---|---|---|")
-    for k in range(1, grid):
+    for k in range(1, result["grid"]):
         print(f"| {k} | {result['val_after'][f'filled_k{k}']:.5f} | {result['val_before'][f'partial_k{k}']:.5f} | "
               f"{result['val_after'][f'partial_k{k}']:.5f} |")
     if args.install:

@@ -6,7 +6,6 @@ scene's known scale (simulation only). Rotation and translation-direction errors
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 from gst_model.data.cameras import relative_pose
 from gst_model.geometry import rotation_angle_deg
 from gst_model.image import center_crop_resize
+from gst_model import metrics
 from gst_model.metrics import translation_direction_errors_deg
 from gst_ros.tools.demo_scene import DemoScene
 
@@ -46,8 +46,7 @@ class Record:
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse)
+    return float(metrics.psnr(a[None], b[None])[0])
 
 
 def summarize(scene: DemoScene, record: Record, queries: list[ViewQuery], model_size: int) -> dict:
