@@ -385,8 +385,11 @@ def shutdown_with_queue(domain_id: int, tmp: Path, rows: list[Row]) -> None:
         served = sum(a.success for a in answers)
         text = proc.text()
         traceback = "never retrieved" in text or "Traceback" in text
+        # On a failure, the report carries the log's error lines, since the log lives in a temporary folder.
+        errors = [line for line in text.splitlines() if "Error" in line or "never retrieved" in line][-3:]
         answer = (f"{queued} queued at SIGINT; {served} served, {refused} refused 'node is shutting down', "
-                  f"{n - len(answers)} unanswered; exit {rc}; traceback in log: {'yes' if traceback else 'no'}")
+                  f"{n - len(answers)} unanswered; exit {rc}; traceback in log: {'yes' if traceback else 'no'}"
+                  + (f" ({' | '.join(errors)})" if traceback else ""))
         rows.append(Row("shutdown", f"SIGINT with {n} predict_view requests sent", "all answered, exit 0, no traceback",
                         answer, len(answers) == n and queued > 0 and rc == 0 and not traceback))
     finally:
