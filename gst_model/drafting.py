@@ -1,4 +1,4 @@
-"""Geometric drafts for speculative decoding of camera tokens.
+"""Drafts for speculative decoding: geometric ones for camera tokens, fixed token sequences for views.
 
 Camera tokens encode a Plücker ray map, and a rigid camera is fixed by a few of its rays: once some rows of
 the token grid are known, the rest are nearly determined. The drafter decodes the known rows of each row's grid
@@ -72,3 +72,14 @@ class GeometricDrafter:
             self.fitted_rows[idx] = known_rows[idx]
             self.fits += len(idx)
         return self.draft.to(tokens.device)
+
+
+class TokenDrafter:
+    """A fixed draft: the same tokens [T] or [N, T] whatever has been accepted (e.g. the previous greedy
+    prediction of a view from the same observation, for a query pose close to the previous one)."""
+
+    def __init__(self, tokens: torch.Tensor):
+        self.tokens = tokens if tokens.dim() == 2 else tokens[None]
+
+    def __call__(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.tokens.to(tokens.device).expand(tokens.shape[0], -1)

@@ -22,7 +22,7 @@ import torch
 from gst_model import classical, geometry
 from gst_model.classical import TwoViewResult
 from gst_model.checkpoint import BUNDLE_PRESETS, DEFAULT_MODEL_DIR, ModelBundle, build_bundle, load_bundle
-from gst_model.drafting import GeometricDrafter
+from gst_model.drafting import GeometricDrafter, TokenDrafter
 from gst_model.image import (implied_intrinsics, resample_to_camera, to_model_input, to_uint8, validate_image,
                              validate_intrinsics)
 from gst_model.pose_samples import summarize
@@ -71,9 +71,10 @@ class GSTPipeline:
     def __init__(self, bundle: ModelBundle, backend: str = "torch", device: str = "cpu",
                  estimate_intrinsics: bool | None = None, inlier_deg: float = 15.0,
                  speculative: bool = SPECULATIVE, draft_len: int = DRAFT_LEN, **runtime_options):
-        """speculative: decode camera tokens with geometric drafts (`gst_model.drafting`), verifying
-        draft_len - 1 drafted tokens per transformer pass; the samples keep their distribution (greedy: the
-        same tokens), only the number of sequential passes changes."""
+        """speculative: decode camera tokens with geometric drafts (`gst_model.drafting`), and greedy views with
+        the previous greedy view of the same observation as the draft, verifying draft_len - 1 drafted tokens
+        per transformer pass; the samples keep their distribution (greedy: the same tokens), only the number of
+        sequential passes changes."""
         if isinstance(draft_len, bool) or not isinstance(draft_len, int) or draft_len < 2:
             raise ValueError(f"draft_len must be an integer >= 2, got {draft_len!r}")
         self.speculative = bool(speculative)
@@ -87,6 +88,9 @@ class GSTPipeline:
         self.estimate_intrinsics = (bool(bundle.metadata.get("estimate_intrinsics", False))
                                     if estimate_intrinsics is None else estimate_intrinsics)
         self.inlier_deg = inlier_deg
+        # (observation codes [1,T], view tokens [1,T]) of the last greedy view: the draft of the next one from
+        # the same observation (a planner sweeping query poses); it changes only how fast, never what, is decoded
+        self._previous_greedy_view: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def from_pretrained(cls, path_or_preset: str | Path | None = None, backend: str = "torch",
@@ -366,7 +370,12 @@ class GSTPipeline:
         obs = self._image_codes([image], [self._real_intrinsics(image, K_image, "K_image")])
         task = torch.full((1, 1), self.vocab.task_token(Task.VIEW), dtype=torch.long, device=obs.device)
         prompt = torch.cat([obs, task, self._camera_codes(c2w, K).to(obs.device)], dim=1).expand(n, -1)
-        tokens = self._generate(prompt, sampling, self.vocab.image_range(), seed)
+        draft_views = self.speculative and sampling.greedy  # sampled views accept ~nothing (docs/speculative)
+        previous = self._previous_greedy_view if draft_views else None
+        draft = TokenDrafter(previous[1]) if previous is not None and torch.equal(previous[0], obs) else None
+        tokens = self._generate(prompt, sampling, self.vocab.image_range(), seed, draft)
+        if draft_views:
+            self._previous_greedy_view = (obs, tokens[:1].clone())
         return self.runtime.decode_images(tokens.clamp(0, self.vocab.image_codes - 1))
 
     def sample_cameras(self, image: np.ndarray, num_samples: int = 8, seed: int | None = 0,

@@ -61,16 +61,19 @@ class ViewPredictorNode(GstNode):
             self._worker.submit((msg, time.monotonic()))
 
     def _predict(self, image_msg: Image, target, num_samples: int, seed: int | None = None, **sampling):
-        """Validated inputs -> list of predicted images (HxWx3 uint8; one, the mean, with prediction=mean);
-        ValueError on a bad input."""
+        """Validated inputs -> list of predicted images (HxWx3 uint8; one, the mean or the greedy view, with
+        prediction=mean or greedy); ValueError on a bad input."""
         rgb = self._to_rgb(image_msg)
         c2w = conv.pose_to_matrix(target, "target_pose")
         K = self._intrinsics(image_msg.width, image_msg.height)
         kwargs = dict(num_samples=num_samples, K_image=K, output_K=K,
                       **common.sampling_kwargs(self, seed=seed, **sampling))
         with self._model_lock:
-            if param(self, "prediction") == "mean":
+            mode = param(self, "prediction")
+            if mode == "mean":
                 return [self._pipeline.expected_view(rgb, c2w, **kwargs)]
+            if mode == "greedy":
+                return self._pipeline.predict_view(rgb, c2w, **{**kwargs, "num_samples": 1}, greedy=True)
             return self._pipeline.predict_view(rgb, c2w, **kwargs)
 
     def _no_image(self) -> str:

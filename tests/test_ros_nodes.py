@@ -308,8 +308,9 @@ def test_predict_view_service_and_concurrent_calls(stack):
     assert all(a.success and len(a.images) == NUM_SAMPLES for a in answers), [a.message for a in answers]
 
 
-def test_predict_view_mean_prediction(stack):
-    """prediction:=mean answers with one image, the mean of the requested samples."""
+def test_predict_view_mean_and_greedy_prediction(stack):
+    """prediction:=mean answers with one image, the mean of the requested samples; prediction:=greedy with one
+    image that no seed changes."""
     from rclpy.parameter import Parameter
     from rclpy.parameter_client import AsyncParameterClient
 
@@ -327,12 +328,17 @@ def test_predict_view_mean_prediction(stack):
     assert set_prediction("mean").successful
     try:
         mean = client.call(client.predict_view, request)
+        assert set_prediction("greedy").successful
+        greedy = [client.call(client.predict_view, PredictView.Request(
+            observation=image_msg(3), target_pose=_pose(0.2), num_samples=3, seed=seed)) for seed in (1, 2)]
     finally:
         assert set_prediction("samples").successful
     assert samples.success and mean.success, (samples.message, mean.message)
     assert len(samples.images) == 3 and len(mean.images) == 1
     average = np.mean([conv.image_to_numpy(im).astype(float) for im in samples.images], axis=0)
     assert np.abs(conv.image_to_numpy(mean.images[0]) - average).max() <= 1.0
+    assert all(g.success and len(g.images) == 1 for g in greedy), [g.message for g in greedy]
+    assert np.array_equal(*(conv.image_to_numpy(g.images[0]) for g in greedy))
     assert not set_prediction("median").successful
 
 

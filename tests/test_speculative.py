@@ -210,3 +210,40 @@ def test_pipeline_speculative_option_keeps_greedy_poses(shipped):
     with pytest.raises(ValueError, match="draft_len"):
         GSTPipeline(shipped.bundle, speculative=True, draft_len=1)
 
+
+
+def test_greedy_views_draft_the_previous_view_of_the_same_observation(shipped, monkeypatch):
+    """With speculative on, a greedy view drafts the previous greedy view of the same observation; the images
+    equal plain greedy's, the drafted calls take fewer passes, and another observation is never drafted from."""
+    import gst_model.pipeline as pipeline_module
+    from gst_model.generate import DecodeStats, generate as plain_generate
+    from gst_model.pipeline import GSTPipeline
+
+    passes, drafted = [], []
+
+    def counting_generate(*args, **kwargs):
+        stats = DecodeStats()
+        drafted.append(kwargs.get("draft") is not None)
+        out = plain_generate(*args, **kwargs, stats=stats)
+        passes.append(stats.passes)
+        return out
+
+    monkeypatch.setattr(pipeline_module, "generate", counting_generate)
+    (a, _), (c, _) = _rendered_pairs(2, shipped.view.image_size)
+    spec = GSTPipeline(shipped.bundle, speculative=True)
+    turns = [np.eye(4)] + [np.block([[_yaw(d), np.zeros((3, 1))], [np.zeros((1, 3)), np.ones((1, 1))]]) for d in (2, 4)]
+    for c2w in turns:
+        got = spec.predict_view(a, c2w, greedy=True)[0]
+        np.testing.assert_array_equal(got, shipped.predict_view(a, c2w, greedy=True)[0])
+    spec_calls = drafted[0::2], passes[0::2]  # calls alternate: speculative pipeline, then the plain one
+    assert spec_calls[0] == [False, True, True] and not any(drafted[1::2])
+    T = shipped.vocab.tokens_per_view
+    assert spec_calls[1][0] == T and max(spec_calls[1][1:]) < T, spec_calls[1]
+    spec.predict_view(c, np.eye(4), greedy=True)  # another observation: nothing to draft from
+    spec.predict_view(c, np.eye(4), seed=0)  # sampled views are never drafted
+    assert drafted[-2:] == [False, False]
+
+
+def _yaw(deg: float) -> np.ndarray:
+    t = np.radians(deg)
+    return np.array([[np.cos(t), 0, np.sin(t)], [0, 1, 0], [-np.sin(t), 0, np.cos(t)]])
