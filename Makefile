@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.gst_setup_done
 SHELL  := /bin/bash
 
-.PHONY: setup test test-fast demo conformance bench soak real-data eval-real clean
+.PHONY: setup test test-fast demo conformance bench soak real-data eval-real eval-heldout clean
 
 setup: $(STAMP)
 
@@ -39,14 +39,19 @@ bench: setup
 soak: setup
 	$(PY) -m gst_ros.tools.reliability --out bench/reliability.md
 
-# small real posed samples from PyPI (kapture's sdist, scikit-image's wheel) into $$GST_REAL_DATA or
-# ~/.cache/gst_ros/real, checksummed; never part of `make test` (the tests that need them skip without)
+# small real posed samples from PyPI (kapture's sdist, scikit-image's wheel) and Debian (opencv-doc's stereo
+# calibration sample) into $$GST_REAL_DATA or ~/.cache/gst_ros/real, checksummed; never part of `make test`
+# (the tests that need them skip without)
 real-data: setup
 	$(PY) -m gst_model.data.real_samples
 
 # the shipped model on the real pairs, next to identity and SIFT + essential matrix (docs/real_eval/report.md)
 eval-real: real-data
 	$(PY) -m training.evaluate_real --out docs/real_eval
+
+# the same on the held-out real set (OpenCV's stereo sample), on which no setting was chosen
+eval-heldout: real-data
+	$(PY) -m training.evaluate_real --set heldout --out docs/real_eval_heldout
 
 clean:
 	rm -rf build demo_output .pytest_cache

@@ -129,7 +129,7 @@ def test_a_photo_material_shows_the_photo(on_box):
 
 
 def test_the_real_photo_bank_textures_randomized_scenes():
-    reason = real_samples.missing_reason()
+    reason = real_samples.missing_reason(names=("scikit-image",))
     if reason:
         pytest.skip(reason)
     bank = textures.load_texture_bank("train")

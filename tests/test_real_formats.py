@@ -6,6 +6,7 @@ Each reader is checked on files written here in the format's real on-disk layout
 a real RealSense T265 ROS 1 bag against kapture's conversion of that bag.
 """
 import math
+import shutil
 import struct
 
 import numpy as np
@@ -425,8 +426,9 @@ def test_image_decoding_of_16_bit_and_mono():
 # ---------------------------------------------------------------------------------------------
 # Real samples (`make real-data`); skipped with the reason when the cache is absent
 
-_MISSING = real_samples.missing_reason()
+_MISSING = real_samples.missing_reason(names=real_samples.EVALUATION_SOURCES)
 needs_real = pytest.mark.skipif(_MISSING is not None, reason=str(_MISSING))
+_MISSING_HELDOUT = real_samples.missing_reason(names=real_samples.HELDOUT_SOURCES)
 
 
 def test_fetch_is_idempotent_and_checks_digests(tmp_path, monkeypatch):
@@ -472,6 +474,98 @@ def test_fetch_is_idempotent_and_checks_digests(tmp_path, monkeypatch):
         real_samples.fetch(tmp_path / "other", log=lambda *_: None)
     monkeypatch.setenv(real_samples.CACHE_ENV, str(cache))
     assert real_samples.cache_dir() == cache and real_samples.cache_dir(tmp_path) == tmp_path
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb (Debian's dpkg) is needed to build a .deb")
+def test_extract_reads_the_wanted_members_of_a_debian_package(tmp_path):
+    import subprocess
+
+    root = tmp_path / "pkg"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text("Package: gst-probe\nVersion: 1.0\nArchitecture: all\n"
+                                             "Maintainer: gst <gst@example.org>\nDescription: test\n")
+    data = root / "usr" / "share" / "doc" / "gst-probe" / "data"
+    data.mkdir(parents=True)
+    for name in ("left01.jpg", "right01.jpg", "left.jpg", "notes.txt"):
+        (data / name).write_text(name)
+    deb = tmp_path / "gst-probe_1.0_all.deb"
+    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(root), str(deb)], check=True, capture_output=True)
+    source = real_samples.Source("probe", (), deb.name, "", "./usr/share/doc/gst-probe/data/",
+                                 ("left??.jpg", "right??.jpg"), "", tool="apt")
+    assert real_samples.extract(source, deb, tmp_path / "out") == 2
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["left01.jpg", "right01.jpg"]
+    assert (tmp_path / "out" / "left01.jpg").read_text() == "left01.jpg"
+
+
+def _chessboard_views(K: np.ndarray, rig_c2w: np.ndarray, board_poses: list[np.ndarray], pattern, square: float,
+                      size=(480, 640)) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Grey images of a chessboard (pattern = inner corners) seen by a stereo rig: the left camera at the origin,
+    the right at rig_c2w; board_poses map board coordinates (metres, z = 0 on the board) to the left camera."""
+    import cv2
+
+    px = 40  # texture pixels per square, with one white square of margin around the board
+    cols, rows = pattern[0] + 1, pattern[1] + 1
+    texture = np.full(((rows + 2) * px, (cols + 2) * px), 255, np.uint8)
+    for r in range(rows):
+        for c in range(cols):
+            if (r + c) % 2 == 0:
+                texture[(r + 1) * px:(r + 2) * px, (c + 1) * px:(c + 2) * px] = 0
+    # texture pixel -> board metres: inner corner (0, 0) is texture pixel (2 px, 2 px)
+    tex_to_board = np.array([[square / px, 0, -2 * square], [0, square / px, -2 * square], [0, 0, 1.0]])
+    views = ([], [])
+    for board_to_left in board_poses:
+        for camera, c2w in enumerate((np.eye(4), rig_c2w)):
+            board_to_cam = np.linalg.inv(c2w) @ board_to_left
+            H = K @ board_to_cam[:3][:, [0, 1, 3]] @ tex_to_board
+            image = cv2.warpPerspective(texture, H, (size[1], size[0]), flags=cv2.INTER_AREA, borderValue=128)
+            views[camera].append(cv2.GaussianBlur(image, (3, 3), 0))
+    return views
+
+
+def test_stereo_calibration_recovers_a_known_rig():
+    """Synthetic chessboard views of a rig whose right camera sits 8 cm to the right, turned 2 degrees: the
+    calibration gives back the rig and the intrinsics (the ground truth of the held-out stereo set)."""
+    pytest.importorskip("cv2")
+    from transforms3d.euler import euler2mat
+
+    K = np.array([[530.0, 0, 322.0], [0, 530.0, 238.0], [0, 0, 1]])
+    rig = np.eye(4)
+    rig[:3, :3], rig[:3, 3] = euler2mat(0.0, np.radians(2.0), 0.0), [0.08, 0.0, 0.0]
+    pattern, square = (9, 6), 0.025
+    poses = []
+    for i, (ax, ay, az) in enumerate([(0, 0, 0), (20, 0, 5), (-20, 10, 0), (0, -25, -5), (15, 20, 10), (-10, -15, 3)]):
+        pose = np.eye(4)
+        pose[:3, :3] = euler2mat(*np.radians([ax, ay, az]))
+        # board centre ~0.45 m in front of the rig's middle
+        pose[:3, 3] = np.array([0.04, 0.0, 0.45 + 0.02 * i]) - pose[:3, :3] @ np.array([0.1, 0.0625, 0.0])
+        poses.append(pose)
+    left, right = _chessboard_views(K, rig, poses, pattern, square)
+    calib = real_samples.calibrate_stereo_rig(left, right, pattern, square, max_rms=1.0)
+    rel = calib["c2w_right"]
+    assert math.degrees(math.acos(np.clip((np.trace(rel[:3, :3].T @ rig[:3, :3]) - 1) / 2, -1, 1))) < 0.3
+    np.testing.assert_allclose(rel[:3, 3], rig[:3, 3], atol=3e-3)
+    for camera in ("left", "right"):
+        np.testing.assert_allclose(calib[camera]["K"][[0, 1, 0, 1], [0, 1, 2, 2]], K[[0, 1, 0, 1], [0, 1, 2, 2]],
+                                   rtol=0.02)
+    blank = [np.full_like(left[0], 128)] + left[1:]
+    with pytest.raises(ValueError, match="left view 0: no 9x6 chessboard"):
+        real_samples.calibrate_stereo_rig(blank, right, pattern, square, max_rms=1.0)
+    with pytest.raises(ValueError, match="reprojection RMS"):
+        real_samples.calibrate_stereo_rig(left, right, pattern, square, max_rms=1e-6)
+
+
+@pytest.mark.skipif(_MISSING_HELDOUT is not None, reason=str(_MISSING_HELDOUT))
+def test_the_held_out_stereo_set_is_one_calibrated_rig():
+    scenes = real_samples.opencv_stereo_scenes()
+    assert len(scenes) == 13 and all(len(s.views) == 2 for s in scenes)
+    rig = {s.views[1].c2w.tobytes() for s in scenes}
+    assert len(rig) == 1  # every pair is the same rig
+    left, right = scenes[0].views
+    rel = relative_pose(left.c2w, right.c2w)
+    assert np.degrees(np.arccos(np.clip((np.trace(rel[:3, :3]) - 1) / 2, -1, 1))) < 1.0
+    assert 0.07 < rel[0, 3] < 0.10 and np.abs(rel[1:3, 3]).max() < 0.01  # a sideways step of ~8 cm
+    image, K = left.load()
+    assert image.shape == (480, 640, 3) and left.image_path.suffix == ".png" and K[0, 0] > 400
 
 
 def test_download_refuses_an_archive_with_another_checksum(tmp_path, monkeypatch):
