@@ -14,6 +14,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -305,7 +306,7 @@ def _fmt(x, scale=1.0, digits=1):
     return "-" if x is None else f"{x * scale:.{digits}f}"
 
 
-def run(presets: list[str], out: Path, quick: bool, export_root: Path) -> str:
+def run(presets: list[str], out: Path, quick: bool, export_root: Path, update: bool = False) -> str:
     from gst_model.manifest import ensure_export
 
     info = machine()
@@ -390,9 +391,59 @@ def run(presets: list[str], out: Path, quick: bool, export_root: Path) -> str:
     lines += [f"- {n}" for n in notes]
     lines += _speculative_section(rows)
     text = "\n".join(lines) + "\n"
+    if update and out.is_file():
+        text = merge_previous(text, out.read_text(), presets)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return text
+
+
+def _line_preset(line: str) -> str | None:
+    """The preset a results line belongs to: a table row '| P (T=..' or a target/note line '- P / ..', '- P: ..'."""
+    match = re.match(r"^\| (\S+) \(T=\d+\) \|", line) or re.match(r"^- (\S+?)(?: / |: |/)", line)
+    return match.group(1) if match else None
+
+
+def merge_previous(text: str, previous: str, presets_run: list[str]) -> str:
+    """`text` (this run) plus the rows, targets and notes of the presets of `previous` (an earlier results file)
+    that this run did not measure, each in its table, with a line naming the run they come from."""
+    def sections(doc: str) -> dict[str, list[str]]:
+        part, out = "head", {"head": [], "main": [], "targets": [], "spec": [], "tail": []}
+        for line in doc.splitlines():
+            if line.startswith("| preset | path | prefill"):
+                part = "main"
+            elif line.startswith("Targets:"):
+                part = "targets"
+            elif line.startswith("## Speculative"):
+                part = "spec"
+            elif line.startswith("Acceptance of drafted tokens"):
+                part = "tail"
+            out[part].append(line)
+        return out
+
+    old, new = sections(previous), sections(text)
+    carried = {k: [l for l in old[k] if _line_preset(l) not in (None, *presets_run)] for k in ("main", "targets", "spec")}
+    names = sorted({_line_preset(l) for lines in carried.values() for l in lines})
+    if not names:
+        return text
+
+    def insert(lines: list[str], extra: list[str]) -> list[str]:  # after the last row or item of the block
+        last = max((i for i, l in enumerate(lines) if l.startswith(("|", "- "))), default=len(lines) - 1)
+        return lines[:last + 1] + extra + lines[last + 1:]
+
+    machine_line = next((l for l in old["head"] if l.startswith("Machine:")), "Machine: unknown")
+    head = new["head"] + [f"Rows of {', '.join(names)}: carried over from an earlier run of this command, not "
+                          f"measured now ({machine_line.rstrip('.')}).", ""]
+    if new["spec"]:
+        spec = insert(new["spec"], carried["spec"])
+    elif carried["spec"]:  # this run drafted nothing: the earlier section's text and header, with its rows
+        header = [l for l in old["spec"] if not l.startswith("| ") or l.startswith("| preset")]
+        spec = insert(header, carried["spec"]) + [""]
+    else:
+        spec = []
+    tail = new["tail"] or (old["tail"] if "default" not in presets_run else [])
+    body = head + insert(new["main"], carried["main"]) + insert(new["targets"], carried["targets"]) + spec + tail
+    return "\n".join(body).rstrip("\n") + "\n"
 
 
 def _speculative_section(rows) -> list[str]:
@@ -436,6 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench/results.md")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and steps")
     parser.add_argument("--export-root", default=None, help="ONNX export cache (default: the runtime's)")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the rows of presets not run now from the existing --out file (e.g. re-measure the "
+                             "shipped model without the hour-long GPT-B run); the file says which rows are older")
     parser.add_argument("--worker", nargs=3, metavar=("PRESET", "PATH", "MODEL_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -443,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from gst_model.manifest import default_cache_root
 
-    text = run(args.presets.split(","), Path(args.out), args.quick, Path(args.export_root or default_cache_root()))
+    text = run(args.presets.split(","), Path(args.out), args.quick, Path(args.export_root or default_cache_root()),
+               update=args.update)
     print(text)
     return 0
 

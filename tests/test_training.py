@@ -453,3 +453,65 @@ def test_partial_decoder_training_lowers_the_known_row_error_and_installs_into_t
     before, after = result["val_before"], result["val_after"]
     assert after["partial_k1"] < before["partial_k1"]  # one known row: where the untrained copy is worst
     assert GSTPipeline.from_pretrained(model).bundle.camera_partial_decoder is not None
+
+
+def test_ray_head_targets_are_the_rays_the_camera_tokens_encode(built):
+    """Each camera token's target is its grid cell of the pair's true ray map: re-encoding the reassembled
+    targets with the camera tokenizer gives the cached camera codes (so the K scaling matches tokenization)."""
+    from training.data import load_tokens
+    from training.tokenize_dataset import load_trained_tokenizer
+
+    _, cfg = built
+    tokens_dir = Path(cfg["runs"]) / "tokens"
+    cache, vocab = load_tokens(tokens_dir, "train")
+    grid = int(round(vocab.tokens_per_view ** 0.5))
+    head = train_gst.RayHead(16, cache, tokens_dir, grid)
+    idx = np.arange(min(4, cache.num_pairs))
+    targets = head.targets(idx)  # [B, T, 6 p^2]
+    p, R = head.patch, head.ray_size
+    rays = targets.reshape(len(idx), grid, grid, 6, p, p).permute(0, 3, 1, 4, 2, 5).reshape(len(idx), 6, R, R)
+    camera_vq = load_trained_tokenizer(cfg["out"], "camera")
+    np.testing.assert_array_equal(camera_vq.encode_indices(rays).numpy(), cache.camera_codes[idx])
+    # token (row 1, column 2) is the ray map's cell of rows p..2p-1, columns 2p..3p-1
+    np.testing.assert_array_equal(targets[0, grid + 2].reshape(6, p, p).numpy(), rays[0, :, p:2 * p, 2 * p:3 * p].numpy())
+
+
+def test_ray_head_reads_the_positions_that_predict_camera_tokens(built):
+    from training.data import load_tokens
+
+    _, cfg = built
+    tokens_dir = Path(cfg["runs"]) / "tokens"
+    cache, vocab = load_tokens(tokens_dir, "train")
+    T = vocab.tokens_per_view
+    head = train_gst.RayHead(3, cache, tokens_dir, int(round(T ** 0.5)))
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, h):
+            seen.append(h)
+            return torch.zeros(*h.shape[:2], 6 * head.patch ** 2)
+
+    head.proj = Recorder()
+    head.hidden = torch.arange(3 * T, dtype=torch.float32)[None, :, None].expand(2, -1, 3)  # hidden row t holds t
+    head(np.array([0, 1]), np.array([0, 0]), T)  # a view sequence, then a pose sequence
+    assert seen[0][0, :, 0].tolist() == list(range(T, 2 * T))  # view: camera tokens T+1..2T
+    assert seen[0][1, :, 0].tolist() == list(range(2 * T, 3 * T))  # pose: camera tokens 2T+1..3T
+
+
+def test_ray_loss_trains_resumes_exactly_and_leaves_the_model_format(built, tmp_path):
+    _, cfg = built
+    straight = _gst_config(cfg, tmp_path / "straight", 4)
+    straight.ray_loss_weight, straight.save_every = 1.0, 4
+    train_gst.main(straight)
+    for steps in (2, 4):
+        resumed = _gst_config(cfg, tmp_path / "resumed", steps)
+        resumed.ray_loss_weight = 1.0
+        train_gst.main(resumed)
+    for name in ("transformer", "ray_head"):
+        a = load_file(str(tmp_path / f"straight/last/{name}.safetensors"))
+        b = load_file(str(tmp_path / f"resumed/last/{name}.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    with_rays = load_file(str(tmp_path / "straight/last/transformer.safetensors"))
+    plain = load_file(str(train_gst.main(_gst_config(cfg, tmp_path / "plain", 4)) / "transformer.safetensors"))
+    assert plain.keys() == with_rays.keys()  # the head is not part of the model
+    assert not all(torch.equal(plain[k], with_rays[k]) for k in plain)  # its gradient reaches the transformer

@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from gst_model.checkpoint import load_weights
-from gst_model.geometry import rotation_angle
+from gst_model.geometry import plucker_rays_from_intrinsics, rotation_angle
 from gst_model.data.token_cache import TokenCache
 from gst_model.transformer import GSTConfig, Transformer
 from gst_model.vocab import Task, Vocabulary
@@ -65,6 +65,11 @@ class GSTTrainConfig:
     # the target keeps 1 - eps, its neighbours share eps (codes that decode to similar rays). 0 = off.
     camera_label_smoothing: float = 0.0
     camera_smoothing_neighbours: int = 4
+    # Auxiliary ray-map loss: a linear head (training only; not part of the saved model) reads the final hidden
+    # state at every position that predicts a camera token and regresses the Plücker rays of that token's patch
+    # of the true camera's ray map, a dense geometric target next to the code id. Weight of its mean squared
+    # error in the loss; 0 = off.
+    ray_loss_weight: float = 0.0
     # Start code embeddings (and head rows) at the tokenizers' codebook vectors instead of at random.
     init_from_codebooks: bool = False
     # Fine-tuning: start from these transformer weights (a model directory or a .safetensors file;
@@ -134,6 +139,46 @@ class CameraSmoothing:
         near = self.neighbours.to(targets.device)[code.clamp(0, self.count - 1)]  # [B, L, k]
         smooth = -logp.gather(-1, near).mean(-1)
         return torch.where(is_camera, (1 - self.eps) * nll + self.eps * smooth, nll)
+
+
+class RayHead(torch.nn.Module):
+    """The auxiliary ray-map head: final hidden state at the position predicting a camera token -> the rays of
+    that token's patch (6 x patch x patch values, the tokenizer's grid cell of the ray map)."""
+
+    def __init__(self, dim: int, tokens: TokenCache, tokens_dir: str | Path, grid: int):
+        super().__init__()
+        meta = json.loads((Path(tokens_dir) / "meta.json").read_text())
+        self.ray_size, self.grid = int(meta["ray_size"]), grid
+        self.patch = self.ray_size // grid
+        self.scale = self.ray_size / meta["config"]["data"]["image_size"]  # view_K is at the cached image size
+        self.tokens = tokens
+        self.proj = torch.nn.Linear(dim, 6 * self.patch ** 2)
+        self.hidden: torch.Tensor | None = None
+
+    def capture(self, model: Transformer) -> None:
+        """Keep the final normed hidden states of every forward pass of `model` (for `loss`)."""
+        def keep(_module, _inputs, output):
+            self.hidden = output
+        model.norm.register_forward_hook(keep)
+
+    def targets(self, pair_idx: np.ndarray) -> torch.Tensor:
+        """[B, T, 6 p^2]: each camera token's patch of its pair's true ray map, in the grid's row-major order."""
+        K = torch.from_numpy(self.tokens.view_K[self.tokens.pairs[pair_idx, 1]]).clone()
+        K[:, :2] *= self.scale
+        rays = plucker_rays_from_intrinsics(torch.from_numpy(self.tokens.rel_c2w[pair_idx]), K, self.ray_size,
+                                            self.ray_size).float()  # [B, 6, R, R]
+        g, p = self.grid, self.patch
+        return rays.reshape(len(pair_idx), 6, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(len(pair_idx), g * g, -1)
+
+    def forward(self, tasks: np.ndarray, pair_idx: np.ndarray, tokens_per_view: int) -> torch.Tensor:
+        """Mean squared error of the rays predicted from the captured hidden states of the last forward pass
+        over `build_sequences` rows (pose: camera third, view: camera second)."""
+        T = tokens_per_view
+        # hidden row t predicts token t + 1; the camera segment starts at token T + 1 (view) or 2T + 1 (pose)
+        first = torch.from_numpy(T + T * (tasks == 1)).to(self.hidden.device)
+        index = (first[:, None] + torch.arange(T, device=first.device))[:, :, None].expand(-1, -1, self.hidden.shape[-1])
+        predicted = self.proj(self.hidden.gather(1, index).float())
+        return F.mse_loss(predicted, self.targets(pair_idx).to(predicted.device))
 
 
 def camera_smoothing(cfg: "GSTTrainConfig", vocab: Vocabulary) -> CameraSmoothing | None:
@@ -273,18 +318,29 @@ def main(cfg: GSTTrainConfig) -> Path:
             raise ValueError("ema_decay > 0 needs the whole model on each rank: use parallel=ddp for EMA")
         shard_model(model)
     optimizer = model.configure_optimizers(cfg.optim.weight_decay, cfg.optim.lr, cfg.optim.betas)
+    ray_head = None
+    if cfg.ray_loss_weight > 0:
+        if sharded:
+            raise ValueError("ray_loss_weight > 0 is not supported with parallel=fsdp: use parallel=ddp")
+        if cfg.extra_train_tokens:
+            raise ValueError("ray_loss_weight > 0 reads the ray-map size of `tokens` alone: no extra_train_tokens")
+        ray_head = RayHead(model_cfg.dim, train, cfg.tokens, grid).to(device)
+        ray_head.capture(model)
+        optimizer.add_param_group({"params": list(ray_head.parameters()), "weight_decay": 0.0})
+    trained = {"transformer": model, **({"ray_head": ray_head} if ray_head is not None else {})}
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     sample_pairs = PairSampler(train.rel_c2w, cfg)
     smoothing = camera_smoothing(cfg, vocab)
     out = Path(cfg.out)
     start = 0
     if cfg.resume and (out / "last" / "trainer_state.pt").exists():
-        start, _ = load_training_state(out / "last", {"transformer": model}, optimizer)
+        start, _ = load_training_state(out / "last", trained, optimizer)
         if ema is not None and (out / "last" / "transformer.ema.safetensors").exists():
             from safetensors.torch import load_file
             ema.shadow = {k: v.float() for k, v in load_file(str(out / "last" / "transformer.ema.safetensors")).items()}
         log.info("resumed from %s at step %d", out / "last", start)
     ddp_model = DDP(model) if dist_info.world_size > 1 and not sharded else model
+    ray_loss_head = DDP(ray_head) if ray_head is not None and dist_info.world_size > 1 else ray_head
     csv = CsvLog(out / "train_log.csv", ["loss", "grad_norm", "lr", "val_view", "val_pose", "val_camera",
                                          "val_camera_mismatched"]) if dist_info.is_main else None
     # Per-step generator: a resumed run draws exactly the batches the uninterrupted run would have.
@@ -307,7 +363,10 @@ def main(cfg: GSTTrainConfig) -> Path:
             seq = build_sequences(train, idx, tasks, vocab, cfg.cond_dropout, rng).to(device)
             weights = loss_weights(tasks, vocab.tokens_per_view, cfg.camera_loss_weight).to(device)
             with autocast_context(device):
-                loss = sequence_loss(ddp_model, seq, vocab.tokens_per_view, weights, smoothing) / cfg.optim.grad_accum
+                loss = sequence_loss(ddp_model, seq, vocab.tokens_per_view, weights, smoothing)
+                if ray_head is not None:
+                    loss = loss + cfg.ray_loss_weight * ray_loss_head(tasks, idx, vocab.tokens_per_view)
+                loss = loss / cfg.optim.grad_accum
             loss.backward()
             total += loss.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
@@ -333,7 +392,7 @@ def main(cfg: GSTTrainConfig) -> Path:
             if done % cfg.log_every == 0 or metrics:
                 csv.write(done, loss=mean_loss, grad_norm=float(grad_norm), lr=lr, **metrics)
             if saving:
-                save_training_state(out / "last", {"transformer": weights}, optim_state, done, config_to_dict(cfg),
+                save_training_state(out / "last", {**trained, "transformer": weights}, optim_state, done, config_to_dict(cfg),
                                     ema={"transformer": _ema_module(model, ema)} if ema else None)
                 if keeping:
                     kept = out / f"step_{done:06d}"
