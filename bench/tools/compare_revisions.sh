@@ -1,0 +1,25 @@
+#!/bin/bash
+# Pose latency of two revisions on this machine, interleaved so machine drift hits both alike:
+#   bash bench/tools/compare_revisions.sh OLD_REV NEW_REV [PRESET] [ROUNDS] > bench/revisions.md
+# Each revision is checked out in a temporary worktree and measured by bench/tools/revision_probe.py
+# (same random inputs, its own decode path): torch eager, ROUNDS rounds (default 3), one line per run.
+set -euo pipefail
+old=$1 new=$2 preset=${3:-default} rounds=${4:-3}
+root=$(git rev-parse --show-toplevel)
+py=$root/.venv/bin/python
+tmp=$(mktemp -d)
+trap 'git -C "$root" worktree remove --force "$tmp/old" 2>/dev/null; git -C "$root" worktree remove --force "$tmp/new" 2>/dev/null; rm -rf "$tmp"' EXIT
+git -C "$root" worktree add -q --detach "$tmp/old" "$old"
+git -C "$root" worktree add -q --detach "$tmp/new" "$new"
+echo "# Pose latency, $old against $new ($preset, torch eager + KV cache)"
+echo
+echo "Written by \`bash bench/tools/compare_revisions.sh $old $new $preset $rounds\` on $(nproc) cores, $(date -u +%Y-%m-%d), load average $(cut -d' ' -f1 /proc/loadavg) at start; the revisions alternate, each row a fresh process (bench/tools/revision_probe.py: prefill and decode/token from gst_model.bench._micro, whose prefill after the rewrite includes setting up the cache; poses with top-k 100 sampling on random images)."
+echo
+echo "| revision | round | prefill ms | decode ms/token | pose N=1 s | pose N=16 s |"
+echo "|---|---|---|---|---|---|"
+for round in $(seq "$rounds"); do
+  for rev in old new; do
+    line=$(cd "$tmp/$rev" && PYTHONPATH="$tmp/$rev" "$py" "$root/bench/tools/revision_probe.py" "$preset" | grep '^PROBE ')
+    "$py" -c "import json, sys; r = json.loads(sys.argv[1][6:]); print(f\"| {sys.argv[2]} | {sys.argv[3]} | {r['prefill_s'] * 1e3:.1f} | {r['decode_s'] * 1e3:.2f} | {r['pose1_s']:.2f} | {r['pose16_s']:.2f} |\")" "$line" "$( [ $rev = old ] && echo "$old" || echo "$new")" "$round"
+  done
+done
