@@ -9,7 +9,6 @@ one-loop rewrite (which moved SamplingParams and replaced runtime.generate with 
 """
 import json
 import sys
-import time
 
 import torch
 
@@ -20,15 +19,6 @@ try:
 except ImportError:  # before the one-loop rewrite
     from gst_model.runtime import SamplingParams
     generate = None
-
-
-def best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main(preset: str) -> dict:
@@ -51,8 +41,8 @@ def main(preset: str) -> dict:
         rt.decode_rays(tokens - vocab.camera_offset)
 
     prefill, decode = min((bench._micro("torch", rt, bundle, prompt, 32) for _ in range(2)), key=lambda x: x[1])
-    return {"prefill_s": prefill, "decode_s": decode, "pose1_s": best(lambda: pose(1), 2),
-            "pose16_s": best(lambda: pose(16), 3 if preset == "default" else 1)}
+    return {"prefill_s": prefill, "decode_s": decode, "pose1_s": bench._best(lambda: pose(1), 2),
+            "pose16_s": bench._best(lambda: pose(16), 3 if preset == "default" else 1)}
 
 
 if __name__ == "__main__":
