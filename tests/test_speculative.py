@@ -218,6 +218,7 @@ def test_greedy_views_draft_the_previous_view_of_the_same_observation(shipped, m
     import gst_model.pipeline as pipeline_module
     from gst_model.generate import DecodeStats, generate as plain_generate
     from gst_model.pipeline import GSTPipeline
+    from training.speculative_study import yaw
 
     passes, drafted = [], []
 
@@ -231,7 +232,7 @@ def test_greedy_views_draft_the_previous_view_of_the_same_observation(shipped, m
     monkeypatch.setattr(pipeline_module, "generate", counting_generate)
     (a, _), (c, _) = _rendered_pairs(2, shipped.view.image_size)
     spec = GSTPipeline(shipped.bundle, speculative=True)
-    turns = [np.eye(4)] + [np.block([[_yaw(d), np.zeros((3, 1))], [np.zeros((1, 3)), np.ones((1, 1))]]) for d in (2, 4)]
+    turns = [yaw(d).numpy() for d in (0, 2, 4)]
     for c2w in turns:
         got = spec.predict_view(a, c2w, greedy=True)[0]
         np.testing.assert_array_equal(got, shipped.predict_view(a, c2w, greedy=True)[0])
@@ -242,8 +243,3 @@ def test_greedy_views_draft_the_previous_view_of_the_same_observation(shipped, m
     spec.predict_view(c, np.eye(4), greedy=True)  # another observation: nothing to draft from
     spec.predict_view(c, np.eye(4), seed=0)  # sampled views are never drafted
     assert drafted[-2:] == [False, False]
-
-
-def _yaw(deg: float) -> np.ndarray:
-    t = np.radians(deg)
-    return np.array([[np.cos(t), 0, np.sin(t)], [0, 1, 0], [-np.sin(t), 0, np.cos(t)]])

@@ -56,6 +56,15 @@ def load_trained_tokenizer(directory: str | Path, kind: str) -> VQModel:
     return model.eval()
 
 
+def camera_rays(rel_c2w: torch.Tensor, K_target: torch.Tensor, image_size: int, ray_size: int) -> torch.Tensor:
+    """The float32 Plücker maps [B, 6, R, R] the camera tokens of pairs encode: the target camera at rel_c2w
+    [B, 4, 4], its intrinsics K_target [B, 3, 3] given for the dataset's image size, scaled to the ray map's."""
+    K = torch.as_tensor(K_target, dtype=torch.float64).clone()
+    K[:, :2] *= ray_size / image_size
+    return geometry.plucker_rays_from_intrinsics(torch.as_tensor(rel_c2w, dtype=torch.float64), K, ray_size,
+                                                 ray_size).float()
+
+
 def main(cfg: TokenizeConfig) -> Path:
     refuse_holdout(cfg.data.root)
     setup_logging(True)
@@ -66,13 +75,10 @@ def main(cfg: TokenizeConfig) -> Path:
     grid = image_vq.latent_grid(cfg.data.image_size)
     if camera_vq.latent_grid(cfg.ray_size) != grid:
         raise ValueError(f"image grid {grid} != camera grid {camera_vq.latent_grid(cfg.ray_size)}")
-    scale = cfg.ray_size / cfg.data.image_size
 
     def encode_camera(rel_c2w: torch.Tensor, K_target: torch.Tensor) -> torch.Tensor:
-        K = K_target.clone()
-        K[:, :2] *= scale  # K is for the dataset's image size; the ray map is smaller
-        rays = geometry.plucker_rays_from_intrinsics(rel_c2w, K, cfg.ray_size, cfg.ray_size)
-        return camera_vq.encode_indices(rays.float().to(device))
+        rays = camera_rays(rel_c2w, K_target, cfg.data.image_size, cfg.ray_size)
+        return camera_vq.encode_indices(rays.to(device))
 
     def encode_image(images: torch.Tensor) -> torch.Tensor:
         return image_vq.encode_indices(images.to(device))

@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from gst_model.checkpoint import load_weights
-from gst_model.geometry import plucker_rays_from_intrinsics, rotation_angle
+from gst_model.geometry import rotation_angle
 from gst_model.data.token_cache import TokenCache
 from gst_model.transformer import GSTConfig, Transformer
 from gst_model.vocab import Task, Vocabulary
@@ -150,7 +150,7 @@ class RayHead(torch.nn.Module):
         meta = json.loads((Path(tokens_dir) / "meta.json").read_text())
         self.ray_size, self.grid = int(meta["ray_size"]), grid
         self.patch = self.ray_size // grid
-        self.scale = self.ray_size / meta["config"]["data"]["image_size"]  # view_K is at the cached image size
+        self.image_size = int(meta["config"]["data"]["image_size"])  # view_K is at the cached image size
         self.tokens = tokens
         self.proj = torch.nn.Linear(dim, 6 * self.patch ** 2)
         self.hidden: torch.Tensor | None = None
@@ -163,10 +163,10 @@ class RayHead(torch.nn.Module):
 
     def targets(self, pair_idx: np.ndarray) -> torch.Tensor:
         """[B, T, 6 p^2]: each camera token's patch of its pair's true ray map, in the grid's row-major order."""
-        K = torch.from_numpy(self.tokens.view_K[self.tokens.pairs[pair_idx, 1]]).clone()
-        K[:, :2] *= self.scale
-        rays = plucker_rays_from_intrinsics(torch.from_numpy(self.tokens.rel_c2w[pair_idx]), K, self.ray_size,
-                                            self.ray_size).float()  # [B, 6, R, R]
+        from training.tokenize_dataset import camera_rays
+
+        rays = camera_rays(self.tokens.rel_c2w[pair_idx], self.tokens.view_K[self.tokens.pairs[pair_idx, 1]],
+                           self.image_size, self.ray_size)  # [B, 6, R, R], as tokenization made them
         g, p = self.grid, self.patch
         return rays.reshape(len(pair_idx), 6, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(len(pair_idx), g * g, -1)
 

@@ -112,6 +112,7 @@ HELDOUT_SOURCES = ("opencv-doc",)
 # seen as 640x480 grey frames, a 9x6 chessboard of 25 mm squares held at different poses in an office.
 OPENCV_STEREO = {"pattern": (9, 6), "square_m": 0.025, "max_rms_px": 1.0}
 OPENCV_STEREO_DIR = "opencv-stereo-undistorted"  # derived in the cache from the opencv-doc set
+DERIVED = {"opencv-doc": (OPENCV_STEREO_DIR,)}  # cache folders made from a source's files, removed when it is fetched
 
 # Middlebury 2014 'Motorcycle' at 1/4 resolution, as documented by skimage.data.stereo_motorcycle.
 MOTORCYCLE = {"focal": 994.978, "cx": 311.193, "cy": 254.877, "dcx": 31.086, "baseline_m": 0.193001}
@@ -221,6 +222,8 @@ def fetch(root: Path | None = None, log=print) -> Path:
                 raise RuntimeError(f"{source.name}: the {n} extracted files have digest {got}, expected "
                                    f"{source.digest}")
             shutil.rmtree(root / source.name, ignore_errors=True)
+            for derived in DERIVED.get(source.name, ()):  # made from the old files
+                shutil.rmtree(root / derived, ignore_errors=True)
             shutil.move(str(staging), str(root / source.name))
             log(f"{source.name}: {n} files in {root / source.name}")
     (root / "manifest.json").write_text(json.dumps(
@@ -334,7 +337,8 @@ def opencv_stereo_scenes(root: Path | None = None) -> list[Scene]:
     Ground truth comes from calibrating the rig on its own chessboard views (calibrate_stereo_rig). The board
     moves between pairs while the office stays, so only the two views of one pair share a rigid scene. Images
     are undistorted with the calibrated distortion (the package expects rectified images) into
-    OPENCV_STEREO_DIR in the cache, keeping the calibrated K."""
+    OPENCV_STEREO_DIR in the cache (once; a fetch that replaces the samples removes them), keeping the
+    calibrated K."""
     import cv2
 
     reason = missing_reason(root, HELDOUT_SOURCES)
@@ -356,7 +360,8 @@ def opencv_stereo_scenes(root: Path | None = None) -> list[Scene]:
         for name, camera, c2w in ((left_name, "left", np.eye(4)), (right_name, "right", calib["c2w_right"])):
             K, D = calib[camera]["K"], calib[camera]["D"]
             path = out_dir / (Path(name).stem + ".png")
-            cv2.imwrite(str(path), cv2.undistort(grey[name], K, D))
+            if not path.is_file():  # the calibration is deterministic: undistort once per cache
+                cv2.imwrite(str(path), cv2.undistort(grey[name], K, D))
             views.append(View(path, c2w, K.copy(), grey[name].shape[:2], {"camera": camera}))
         scenes.append(Scene(f"opencv_stereo_{Path(left_name).stem[4:]}", views, "stereo"))
     return scenes
