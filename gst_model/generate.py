@@ -14,7 +14,8 @@ tokens per row. Greedy decoding accepts while the arg-max equals the draft, so i
 greedy decoding. Sampling accepts draft token x with probability p(x) under the same filtered distribution
 (temperature, top-k, top-p, id range) and, on the first rejection, samples from p with x removed and
 renormalised (speculative sampling with a point-mass draft): the samples follow the distribution of plain
-sampling exactly.
+sampling exactly. Without a drafter, plain decoding feeds one token per row per pass through the same
+decoder, masks and samplers, without the block bookkeeping.
 """
 from __future__ import annotations
 
@@ -244,7 +245,7 @@ def generate(model_or_decoder, prompt: torch.Tensor, num_new_tokens: int,
     hi = torch.tensor([r[1] if r else torch.iinfo(torch.int64).max for r in schedule], device=device)
     one_range = len(set(schedule)) == 1  # the usual case: mask every entry with the same scalars
     cfg = sampling.cfg_scale > 1.0
-    block = draft_len if draft is not None else 1
+    block = draft_len
 
     # N hypotheses of one query share the prompt: prefill it once, keep its keys/values once.
     copies = prompt_copies(prompt)
@@ -255,13 +256,15 @@ def generate(model_or_decoder, prompt: torch.Tensor, num_new_tokens: int,
         logits = _mask_outside(_guided(logits.float(), sampling.cfg_scale).repeat_interleave(copies, dim=0),
                                lo[0], hi[0])
         tokens = torch.zeros(batch, T, dtype=torch.long, device=device)
-        tokens[:, 0] = logits.argmax(-1) if sampling.greedy else _draw(*filtered_distribution(logits, sampling),
-                                                                        generator)
+        tokens[:, 0] = _next_token(logits, sampling, generator)
+        if stats is not None:
+            stats.passes += 1
+        if draft is None:
+            _decode_plain(decoder, tokens, first_pos, schedule, sampling, generator, stats)
+            return tokens
         length = torch.ones(batch, dtype=torch.long, device=device)
         rows = torch.arange(batch, device=device)
         offsets = torch.arange(block, device=device)
-        if stats is not None:
-            stats.passes += 1
         while bool((length < T).any()):
             need = T - length
             # Entry 0 is the row's last token; entries 1..drafts[b] are drafted, the rest padding (at the
@@ -270,9 +273,8 @@ def generate(model_or_decoder, prompt: torch.Tensor, num_new_tokens: int,
             index = (length - 1)[:, None] + offsets  # token index each entry stands at
             real = offsets <= drafts[:, None]
             fed = tokens.gather(1, (length - 1)[:, None]).expand(batch, block).clone()
-            if block > 1:
-                proposal = draft(tokens, length)
-                fed[:, 1:] = torch.where(real[:, 1:], proposal.gather(1, index[:, 1:].clamp(max=T - 1)), fed[:, 1:])
+            proposal = draft(tokens, length)
+            fed[:, 1:] = torch.where(real[:, 1:], proposal.gather(1, index[:, 1:].clamp(max=T - 1)), fed[:, 1:])
             positions = torch.where(real & (need > 0)[:, None], first_pos + index, first_pos + T - 1)
             if cfg:
                 fed, positions = torch.cat([fed, fed]), torch.cat([positions, positions])
@@ -292,6 +294,38 @@ def generate(model_or_decoder, prompt: torch.Tensor, num_new_tokens: int,
         return tokens
     finally:
         decoder.close()
+
+
+def _next_token(logits: torch.Tensor, sampling: SamplingParams, generator) -> torch.Tensor:
+    """logits [B, V] (already restricted to allowed ids) -> the next token of each row, [B]."""
+    return logits.argmax(-1) if sampling.greedy else _draw(*filtered_distribution(logits, sampling), generator)
+
+
+def _decode_plain(decoder: Decoder, tokens: torch.Tensor, first_pos: int, schedule: list[IdRange | None],
+                  sampling: SamplingParams, generator, stats: DecodeStats | None) -> None:
+    """Plain decoding: one token per row per pass, every row at the same position; fills tokens[:, 1:].
+
+    The same steps as a speculative block of one token without drafts, minus the block bookkeeping (0.4-0.7 ms
+    per token, 10-15% of a step of the shipped model on 2 cores)."""
+    batch, T = tokens.shape
+    vocab_ids = None
+    hidden: dict[IdRange | None, torch.Tensor] = {}  # per allowed range: the ids it masks
+    cfg = sampling.cfg_scale > 1.0
+    for i in range(1, T):
+        fed = tokens[:, i - 1:i]
+        if cfg:
+            fed = torch.cat([fed, fed])
+        logits = _guided(decoder.decode(fed, torch.full_like(fed, first_pos + i - 1))[:, 0].float(),
+                         sampling.cfg_scale)
+        allowed = schedule[i]
+        if allowed is not None:
+            if allowed not in hidden:
+                vocab_ids = torch.arange(logits.shape[-1], device=logits.device) if vocab_ids is None else vocab_ids
+                hidden[allowed] = (vocab_ids < allowed[0]) | (vocab_ids >= allowed[1])
+            logits = logits.masked_fill(hidden[allowed], float("-inf"))
+        tokens[:, i] = _next_token(logits, sampling, generator)
+        if stats is not None:
+            stats.passes += 1
 
 
 @dataclass
@@ -326,7 +360,7 @@ def _accept(logits: torch.Tensor, fed: torch.Tensor, drafts: torch.Tensor, sampl
     probs, candidates = filtered_distribution(last, sampling)
     rejected = accepted < drafts
     if bool(rejected.any()):
-        x = drafted[torch.arange(batch), accepted.clamp(max=block - 2)] if block > 1 else fed[:, 0]
+        x = drafted[torch.arange(batch), accepted.clamp(max=block - 2)]
         probs = torch.where(rejected[:, None], _without(probs, candidates, x), probs)
     out[torch.arange(batch), accepted] = _draw(probs, candidates, generator)
     return _Accepted(out, accepted)

@@ -8,7 +8,7 @@ import torch
 
 from gst_model.generate import SamplingParams, allowed_schedule, generate, sample_from_logits
 from gst_model.likelihood import log_probs_within_kind, segment_log_likelihood
-from gst_model.transformer import PRESETS, GSTConfig, Transformer, build_rope_table
+from gst_model.transformer import PRESETS, GSTConfig, Transformer, attend_block, build_rope_table
 from gst_model.vocab import Vocabulary
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared/reference"
@@ -284,6 +284,41 @@ def test_shared_prompt_cache_decode_matches_full_forward(copies):
                 model(new[:, :1], torch.tensor([23]), use_cache=True)
     finally:
         model.clear_caches()
+
+
+@pytest.mark.parametrize("shared_prompt", [True, False])
+def test_attend_block_written_and_kept_apart_equal_explicit_attention(shared_prompt):
+    """Both ways of giving attend_block the block (apart from the past: the ONNX graphs; already written into
+    it: the torch cache) equal attention computed query by query over exactly what each query may see: its
+    prompt, its row's accepted past and the block up to itself. Slots past a row's accepted tokens hold
+    garbage (rejected drafts), which must stay invisible."""
+    gen = torch.Generator().manual_seed(0)
+    g, copies, heads, d, plen, slots, block = 2, 2, 2, 8, 5, 12, 3
+    b = g * copies
+    accepted = torch.tensor([2, 5, 0, 7])  # per-row slots holding accepted tokens
+    start = plen if shared_prompt else 0
+    input_pos = start + accepted[:, None] + torch.arange(block)  # [B, K]
+    q, k, v = (torch.randn(b, heads, block, d, generator=gen) for _ in range(3))
+    past_k, past_v = (torch.randn(b, heads, slots, d, generator=gen) for _ in range(2))
+    prompt_k, prompt_v = (torch.randn(g, heads, plen, d, generator=gen) if shared_prompt else None for _ in range(2))
+
+    apart = attend_block(q, k, v, input_pos, prompt_k, prompt_v, past_k, past_v, start)
+    index = (input_pos - start)[:, None, :, None].expand(b, heads, block, d)
+    written = attend_block(q, None, None, input_pos, prompt_k, prompt_v, past_k.scatter(2, index, k),
+                           past_v.scatter(2, index, v), start)
+
+    expected = torch.empty_like(q)
+    for row in range(b):
+        for j in range(block):
+            seen_k = [past_k[row, :, :accepted[row]], k[row, :, :j + 1]]
+            seen_v = [past_v[row, :, :accepted[row]], v[row, :, :j + 1]]
+            if shared_prompt:
+                seen_k.insert(0, prompt_k[row // copies])
+                seen_v.insert(0, prompt_v[row // copies])
+            weights = (q[row, :, j:j + 1] @ torch.cat(seen_k, 1).transpose(-1, -2) * d ** -0.5).softmax(-1)
+            expected[row, :, j] = (weights @ torch.cat(seen_v, 1))[:, 0]
+    torch.testing.assert_close(apart, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(written, expected, atol=1e-5, rtol=1e-5)
 
 
 # -- (5) segment log-likelihood (hypothesis scoring) -----------------------------------------

@@ -2,9 +2,10 @@
 # Pose latency of two revisions on this machine, interleaved so machine drift hits both alike:
 #   bash bench/tools/compare_revisions.sh OLD_REV NEW_REV [PRESET] [ROUNDS] > bench/revisions.md
 # Each revision is checked out in a temporary worktree and measured by bench/tools/revision_probe.py
-# (same random inputs, its own decode path): torch eager, ROUNDS rounds (default 3), one line per run.
+# (same random inputs, its own decode path): torch eager, ROUNDS rounds (default 5), one line per run, then
+# each revision's medians.
 set -euo pipefail
-old=$1 new=$2 preset=${3:-default} rounds=${4:-3}
+old=$1 new=$2 preset=${3:-default} rounds=${4:-5}
 root=$(git rev-parse --show-toplevel)
 py=$root/.venv/bin/python
 tmp=$(mktemp -d)
@@ -20,6 +21,20 @@ echo "|---|---|---|---|---|---|"
 for round in $(seq "$rounds"); do
   for rev in old new; do
     line=$(cd "$tmp/$rev" && PYTHONPATH="$tmp/$rev" "$py" "$root/bench/tools/revision_probe.py" "$preset" | grep '^PROBE ')
+    echo "$rev ${line#PROBE }" >> "$tmp/probes"
     "$py" -c "import json, sys; r = json.loads(sys.argv[1][6:]); print(f\"| {sys.argv[2]} | {sys.argv[3]} | {r['prefill_s'] * 1e3:.1f} | {r['decode_s'] * 1e3:.2f} | {r['pose1_s']:.2f} | {r['pose16_s']:.2f} |\")" "$line" "$( [ $rev = old ] && echo "$old" || echo "$new")" "$round"
   done
 done
+echo
+echo "Medians over the rounds:"
+echo
+echo "| revision | prefill ms | decode ms/token | pose N=1 s | pose N=16 s |"
+echo "|---|---|---|---|---|"
+"$py" - "$tmp/probes" "$old" "$new" <<'PY'
+import json, statistics, sys
+runs = [line.split(" ", 1) for line in open(sys.argv[1])]
+for rev, name in (("old", sys.argv[2]), ("new", sys.argv[3])):
+    rows = [json.loads(r) for k, r in runs if k == rev]
+    med = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+    print(f"| {name} | {med['prefill_s'] * 1e3:.1f} | {med['decode_s'] * 1e3:.2f} | {med['pose1_s']:.3f} | {med['pose16_s']:.3f} |")
+PY
