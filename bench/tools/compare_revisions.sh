@@ -14,7 +14,7 @@ git -C "$root" worktree add -q --detach "$tmp/old" "$old"
 git -C "$root" worktree add -q --detach "$tmp/new" "$new"
 echo "# Pose latency, $old against $new ($preset, torch eager + KV cache)"
 echo
-echo "Written by \`bash bench/tools/compare_revisions.sh $old $new $preset $rounds\` on $(nproc) cores, $(date -u +%Y-%m-%d), load average $(cut -d' ' -f1 /proc/loadavg) at start; the revisions alternate, each row a fresh process (bench/tools/revision_probe.py: prefill and decode/token from gst_model.bench._micro, whose prefill after the rewrite includes setting up the cache; poses with top-k 100 sampling on random images)."
+echo "Written by \`bash bench/tools/compare_revisions.sh $old $new $preset $rounds\` on $(nproc) cores, $(date -u +%Y-%m-%d), load average $(cut -d' ' -f1 /proc/loadavg) at start; the revisions alternate, each row a fresh process (bench/tools/revision_probe.py: prefill and decode/token from each revision's gst_model.bench._micro, which before the one-loop rewrite timed the prefill cache's own decode (not the shared-prompt cache that generation uses) and after it times the decoder that generation uses, cache set-up included, so compare those two columns within a revision only; the poses, top-k 100 sampling on random images, are the like-for-like figures)."
 echo
 echo "| revision | round | prefill ms | decode ms/token | pose N=1 s | pose N=16 s |"
 echo "|---|---|---|---|---|---|"
