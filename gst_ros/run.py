@@ -86,7 +86,7 @@ def run_nodes(node_classes, argv: list[str], overrides: list[Parameter] = ()) ->
             signal.signal(sig, handler)
         if executor is not None:
             drain(executor, nodes, context)
-            executor.shutdown(timeout_sec=DRAIN_TIMEOUT_S)
+            stop_executor(executor, nodes)
         for node in nodes:
             node.release()
         for node in nodes:
@@ -131,6 +131,22 @@ def drain(executor, nodes, context, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         spin_once(executor, rclpy.logging.get_logger("gst_ros.run"), 0.05)
         if min((node.idle_s() for node in nodes), default=DRAIN_QUIET_S) >= DRAIN_QUIET_S:
             return
+
+
+def stop_executor(executor: MultiThreadedExecutor, nodes) -> None:
+    """Shut the executor down once every callback it has handed to its threads has ended.
+
+    rclpy's Executor.shutdown (9.x) destroys its guard condition before MultiThreadedExecutor joins its thread
+    pool, and its wait for running callbacks never runs; a callback still queued in the pool then triggers the
+    destroyed guard condition ("cannot use Destroyable because destruction was requested") inside a task that
+    nobody reads, and the log shows "The following exception was never retrieved". So: no new callbacks (the
+    nodes leave the executor), join the pool, then shut down."""
+    for node in nodes:
+        executor.remove_node(node)
+    pool = getattr(executor, "_executor", None)  # MultiThreadedExecutor's ThreadPoolExecutor (not public)
+    if pool is not None:
+        pool.shutdown(wait=True)
+    executor.shutdown()
 
 
 def node_classes(names: list[str]):

@@ -1,5 +1,5 @@
 """The nodes' logic without DDS: keyframes and re-keying, parameters and the YAML, the error throttle, the
-worker's guard, how every start reads the YAML."""
+worker's guard, how every start reads the YAML, how the runner stops its executor."""
 from __future__ import annotations
 
 import os
@@ -277,3 +277,40 @@ def test_runner_points_fast_dds_at_the_node_profile_unless_configured(monkeypatc
     run.use_node_dds_profile()
     assert os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] == "/mine.xml"
     assert "RMW_FASTRTPS_USE_QOS_FROM_XML" not in os.environ
+
+
+def test_stop_executor_lets_queued_callbacks_finish_before_the_shutdown(capsys):
+    """Callbacks still queued in the executor's threads when the runner stops run to the end, and no task is
+    left with an unread exception (rclpy's own shutdown destroys its guard condition first: the queued
+    callbacks then fail with 'cannot use Destroyable because destruction was requested')."""
+    import gc
+
+    rclpy = pytest.importorskip("rclpy")
+    from rclpy.callback_groups import ReentrantCallbackGroup
+    from rclpy.context import Context
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.node import Node
+
+    from gst_ros.run import stop_executor
+
+    context = Context()
+    rclpy.init(context=context)
+    node = Node("stop_executor_test", context=context)
+    started = []
+    group = ReentrantCallbackGroup()
+    for _ in range(4):  # more ready timers than threads, the first ones slow: the others wait in the pool
+        node.create_timer(0.005, lambda: (started.append(time.monotonic()), time.sleep(0.2)), callback_group=group)
+    executor = MultiThreadedExecutor(num_threads=2, context=context)
+    executor.add_node(node)
+    try:
+        for _ in range(6):
+            executor.spin_once(timeout_sec=0.05)
+        stop_at = time.monotonic()
+        stop_executor(executor, [node])
+    finally:
+        node.destroy_node()
+        context.try_shutdown()
+    del executor
+    gc.collect()
+    assert any(t > stop_at for t in started), "no callback was still queued when the executor was stopped"
+    assert "never retrieved" not in capsys.readouterr().err
