@@ -11,8 +11,8 @@ Writes report.md + metrics.json with, for the model (default: the shipped one):
               unknown rows filled from the identity draft (what the drafter can do while decoding);
   ceiling     passes per sampled pose when every draft is the model's own most probable continuation of the
               row (its greedy decoding from the accepted prefix, by a second copy of the model): each drafted
-              token is then accepted with the highest probability any point-mass draft can have, so no drafter
-              of this kind, geometric or not, needs fewer passes on average;
+              token is then accepted with the highest probability a point-mass draft can have after the drafts
+              before it, an approximate ceiling for drafters of this kind, geometric or not;
   refit cost  one decode + fit + encode of 16 ray maps, against one plain decode step;
   accuracy    pose accuracy of estimate_pose (16 samples, likelihood selection) with and without speculation;
   views       view prediction with the drafts that exist for it: the observation's own image tokens (a query
@@ -278,8 +278,10 @@ def write_report(result: dict, path: Path) -> None:
         lines += ["", "## Ceiling for sampled poses: the most probable continuation as the draft", "",
                   f"Sampled, N={r['samples']}, default sampling, {r['pairs']} pairs; every draft is the model's own greedy "
                   "continuation of the row's accepted tokens (a second copy of the model, so this measures passes, not "
-                  "time). Each drafted token is accepted with its probability under the sampling distribution, and no "
-                  "point-mass draft has a higher one: no drafter of this kind needs fewer passes on average.", "",
+                  "time). Each drafted token is accepted with its probability under the sampling distribution, the highest a "
+                  "point-mass draft can have after the drafts before it: an approximate ceiling for drafters of this "
+                  "kind (one could do better only by drafting less probable tokens that make the later ones far more "
+                  "certain).", "",
                   "| draft | mean passes (plain) | acceptance by grid row |", "|---|---|---|",
                   f"| most probable continuation | {r['mean_passes']:.1f} ({r['plain_passes']}) | "
                   + " ".join(f"{a:.2f}" for a in r["acceptance_by_row"]) + " |"]
