@@ -88,9 +88,10 @@ class GSTPipeline:
         self.estimate_intrinsics = (bool(bundle.metadata.get("estimate_intrinsics", False))
                                     if estimate_intrinsics is None else estimate_intrinsics)
         self.inlier_deg = inlier_deg
-        # (observation codes [1,T], view tokens [1,T]) of the last greedy view: the draft of the next one from
-        # the same observation (a planner sweeping query poses); it changes only how fast, never what, is decoded
-        self._previous_greedy_view: tuple[torch.Tensor, torch.Tensor] | None = None
+        # Per task, (codes of the image the tokens followed [1,T], tokens [1,T]) of the last greedy decode: the draft
+        # of the next greedy decode after the same image (a planner sweeping query poses, a robot localizing
+        # consecutive frames against one keyframe); it changes only how fast, never what, is decoded
+        self._previous_greedy: dict[Task, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def from_pretrained(cls, path_or_preset: str | Path | None = None, backend: str = "torch",
@@ -153,6 +154,17 @@ class GSTPipeline:
                                 self.view.ray_size, K_ray, torch.as_tensor(prior),
                                 estimate_intrinsics=self.estimate_intrinsics, refit_rows=0 if prior_c2w is not None else 1,
                                 partial_decoder=self.bundle.camera_partial_decoder)
+
+    def _previous_greedy_draft(self, task: Task, image_codes: torch.Tensor, sampling: SamplingParams):
+        """The last greedy tokens of `task` after the same image as a draft (speculative greedy decoding only;
+        sampled drafts of this kind are accepted almost never, docs/speculative), else None."""
+        previous = self._previous_greedy.get(task) if self.speculative and sampling.greedy else None
+        return TokenDrafter(previous[1]) if previous is not None and torch.equal(previous[0], image_codes) else None
+
+    def _remember_greedy(self, task: Task, image_codes: torch.Tensor, tokens: torch.Tensor,
+                         sampling: SamplingParams) -> None:
+        if self.speculative and sampling.greedy:
+            self._previous_greedy[task] = (image_codes, tokens[:1].clone())
 
     def _image_codes(self, images: list[np.ndarray], Ks: list | None = None) -> torch.Tensor:
         return self.runtime.encode_images(to_model_input(images, self.view.image_size, Ks,
@@ -230,7 +242,9 @@ class GSTPipeline:
           that many inliers). `source` says which won. Needs selection="likelihood" and OpenCV.
         prior_c2w: where camera b probably is (e.g. the previous frame's estimate against the same image a);
           with `speculative` on it is the draft the camera tokens are verified against. It never changes the
-          result's distribution, only how many transformer passes it takes.
+          result's distribution, only how many transformer passes it takes. With `speculative` and `greedy`,
+          the previous greedy estimate's camera tokens against the same image a are the draft instead (accepted
+          far more often on consecutive frames: docs/speculative).
         """
         validate_image(image_a, "image_a")
         validate_image(image_b, "image_b")
@@ -246,7 +260,11 @@ class GSTPipeline:
         codes = self._image_codes([image_a, image_b], [K_a, K_b])
         task = torch.full((1, 1), self.vocab.task_token(Task.POSE), dtype=torch.long, device=codes.device)
         prompt = torch.cat([codes[:1], task, codes[1:]], dim=1).expand(n, -1)
-        cams = self._generate(prompt, sampling, self.vocab.camera_range(), seed, self._camera_drafter(prior_c2w))
+        draft = self._previous_greedy_draft(Task.POSE, codes[:1], sampling)
+        if draft is None:
+            draft = self._camera_drafter(prior_c2w)
+        cams = self._generate(prompt, sampling, self.vocab.camera_range(), seed, draft)
+        self._remember_greedy(Task.POSE, codes[:1], cams, sampling)
         fit = self._decode_cameras(cams)
         samples = fit.c2w.numpy()
         hypotheses, K_rays = fit.c2w, fit.K
@@ -370,12 +388,9 @@ class GSTPipeline:
         obs = self._image_codes([image], [self._real_intrinsics(image, K_image, "K_image")])
         task = torch.full((1, 1), self.vocab.task_token(Task.VIEW), dtype=torch.long, device=obs.device)
         prompt = torch.cat([obs, task, self._camera_codes(c2w, K).to(obs.device)], dim=1).expand(n, -1)
-        draft_views = self.speculative and sampling.greedy  # sampled views accept ~nothing (docs/speculative)
-        previous = self._previous_greedy_view if draft_views else None
-        draft = TokenDrafter(previous[1]) if previous is not None and torch.equal(previous[0], obs) else None
+        draft = self._previous_greedy_draft(Task.VIEW, obs, sampling)
         tokens = self._generate(prompt, sampling, self.vocab.image_range(), seed, draft)
-        if draft_views:
-            self._previous_greedy_view = (obs, tokens[:1].clone())
+        self._remember_greedy(Task.VIEW, obs, tokens, sampling)
         return self.runtime.decode_images(tokens.clamp(0, self.vocab.image_codes - 1))
 
     def sample_cameras(self, image: np.ndarray, num_samples: int = 8, seed: int | None = 0,

@@ -243,3 +243,49 @@ def test_greedy_views_draft_the_previous_view_of_the_same_observation(shipped, m
     spec.predict_view(c, np.eye(4), greedy=True)  # another observation: nothing to draft from
     spec.predict_view(c, np.eye(4), seed=0)  # sampled views are never drafted
     assert drafted[-2:] == [False, False]
+
+
+def _turning_target(size: int, turns_deg) -> tuple[np.ndarray, list[np.ndarray]]:
+    """An observation and a target camera of one synthetic room turned (yaw) by each of turns_deg."""
+    from training.speculative_study import yaw
+
+    rng = np.random.default_rng([12, 0])
+    scene = random_scene(rng)
+    c2w, fov = sample_cameras(scene, rng, 2, fov_deg=(50.0, 60.0), azimuth_spread_deg=40.0)
+    f = 0.5 * size / math.tan(math.radians(fov[0]) / 2)
+    K = np.array([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]])
+    return (render(scene, c2w[0], K, size, size),
+            [render(scene, c2w[1] @ yaw(t).numpy(), K, size, size) for t in turns_deg])
+
+
+def test_greedy_poses_draft_the_previous_pose_against_the_same_image(shipped, monkeypatch):
+    """With speculative on, a greedy pose drafts the previous greedy pose's camera tokens against the same image a
+    (a robot localizing consecutive frames against one keyframe): the samples equal plain greedy's, the drafted
+    calls take fewer passes, and another image a or sampling gets the geometric drafter."""
+    import gst_model.pipeline as pipeline_module
+    from gst_model.generate import DecodeStats, generate as plain_generate
+    from gst_model.pipeline import GSTPipeline
+
+    drafts, passes = [], []
+
+    def counting_generate(*args, **kwargs):
+        stats = DecodeStats()
+        drafts.append(type(kwargs.get("draft")).__name__)
+        out = plain_generate(*args, **kwargs, stats=stats)
+        passes.append(stats.passes)
+        return out
+
+    monkeypatch.setattr(pipeline_module, "generate", counting_generate)
+    observation, targets = _turning_target(shipped.view.image_size, (0, 2, 4))
+    spec = GSTPipeline(shipped.bundle, speculative=True)
+    for target in targets:
+        got = spec.estimate_pose(observation, target, num_samples=1, greedy=True)
+        np.testing.assert_array_equal(got.samples, shipped.estimate_pose(observation, target, num_samples=1,
+                                                                         greedy=True).samples)
+    assert drafts[0::2] == ["GeometricDrafter", "TokenDrafter", "TokenDrafter"]  # calls alternate: spec, plain
+    assert set(drafts[1::2]) == {"NoneType"}
+    T = shipped.vocab.tokens_per_view
+    assert passes[1::2] == [T] * 3 and max(passes[2::2]) < T, passes
+    spec.estimate_pose(targets[0], observation, num_samples=1, greedy=True)  # another image a
+    spec.estimate_pose(observation, targets[1], num_samples=2, seed=0)  # sampled: the previous greedy tokens are no draft
+    assert drafts[-2:] == ["GeometricDrafter", "GeometricDrafter"]

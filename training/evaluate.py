@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -58,13 +59,27 @@ LABELS = {"gst": "GST", "gst_consensus": "GST, consensus of the same samples", "
           "self_consistency": "GST self-consistency"}
 
 
+@dataclass(frozen=True)
+class PairSelection:
+    """Which test pairs the evaluation reads (its command-line defaults; other studies use the same pairs)."""
+
+    pairs: int = 100
+    image_size: int = 256  # side of the square crops the pairs are loaded at
+    min_rot: float = 0.0
+    max_rot: float = 60.0
+    seed: int = 0
+
+
+PAIRS = PairSelection()
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="checkpoint directory or preset name (e.g. tiny)")
     p.add_argument("--data", "--dataset", dest="data", required=True, metavar="NAME:PATH",
                    help="dataset spec (gst_model.data.registry), e.g. co3d:PATH; a bare path: RealEstate10K layout")
     p.add_argument("--split", default="test")
-    p.add_argument("--pairs", type=int, default=100, help="number of test pairs")
+    p.add_argument("--pairs", type=int, default=PAIRS.pairs, help="number of test pairs")
     p.add_argument("--num-samples", type=int, default=16, help="pose samples per estimate")
     p.add_argument("--pose-selection", choices=POSE_SELECTIONS, default=POSE_SELECTIONS[0],
                    help="how estimate_pose turns the samples into one pose (the report also shows the consensus "
@@ -73,11 +88,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mean-view-samples", type=int, default=8,
                    help="samples averaged into the 'expected view' row (GSTPipeline.expected_view; 0 = skip)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--seed", type=int, default=0, help="pair selection and sampling seed")
-    p.add_argument("--image-size", type=int, default=256,
+    p.add_argument("--seed", type=int, default=PAIRS.seed, help="pair selection and sampling seed")
+    p.add_argument("--image-size", type=int, default=PAIRS.image_size,
                    help="side of the square crops the pairs are loaded at (baselines see this size)")
-    p.add_argument("--min-rot", type=float, default=0.0, help="minimum pair rotation (degrees)")
-    p.add_argument("--max-rot", type=float, default=60.0, help="maximum pair rotation (degrees)")
+    p.add_argument("--min-rot", type=float, default=PAIRS.min_rot, help="minimum pair rotation (degrees)")
+    p.add_argument("--max-rot", type=float, default=PAIRS.max_rot, help="maximum pair rotation (degrees)")
     p.add_argument("--scale-mode", choices=["scene", "pair", "none"], default=None,
                    help="translation normalisation of the true poses given to predict_view "
                         "(default: the checkpoint's metadata 'scale_mode', else 'scene')")
@@ -211,6 +226,14 @@ def evaluate_pairs(pipe: GSTPipeline, ds: PairDataset, args, lpips_net) -> tuple
     figures = {"errors": errors, "observations": observations, "predictions": [v[0] for v in views["gst"]],
                "targets": gt_views, "records": records}
     return summary, records, figures
+
+
+def evaluation_pairs(data: str, split: str, pairs: int, image_size: int, min_rot: float, max_rot: float,
+                     scale_mode: str, seed: int) -> PairDataset:
+    """The evaluation's pairs: items 0..pairs-1 cycle through the split's scenes, so they spread evenly over them."""
+    scenes = read_split(data, split)
+    return PairDataset(scenes, size=image_size, min_rot_deg=min_rot, max_rot_deg=max_rot,
+                       pairs_per_scene=-(-pairs // len(scenes)), scale_mode=scale_mode, seed=seed)
 
 
 def choose_set(poses: np.ndarray, rng: np.random.Generator, n_views: int, min_rot: float, max_rot: float):
@@ -366,10 +389,8 @@ def _run(args: argparse.Namespace) -> dict:
     pipe = GSTPipeline.from_pretrained(args.model, flush_denormal=True)  # this process is ours
     meta = pipe.bundle.metadata
     scale_mode = args.scale_mode or meta.get("scale_mode", "scene")
-    scenes = read_split(args.data, args.split)
-    # Items 0..pairs-1 cycle through the scenes, so the pairs spread evenly over the sequences.
-    ds = PairDataset(scenes, size=args.image_size, min_rot_deg=args.min_rot, max_rot_deg=args.max_rot,
-                     pairs_per_scene=-(-args.pairs // len(scenes)), scale_mode=scale_mode, seed=args.seed)
+    ds = evaluation_pairs(args.data, args.split, args.pairs, args.image_size, args.min_rot, args.max_rot, scale_mode,
+                          args.seed)
     lpips_net, lpips_note = _load_lpips(args.no_lpips)
     summary, records, figures = evaluate_pairs(pipe, ds, args, lpips_net)
     result = {

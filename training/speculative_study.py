@@ -1,6 +1,6 @@
 """Where speculative decoding's transformer passes go, on held-out synthetic test pairs.
 
-    python -m training.speculative_study --out docs/speculative [--pairs 10] [--accuracy-pairs 40]
+    python -m training.speculative_study --out docs/speculative [--pairs 10] [--accuracy-pairs 100]
 
 Writes report.md + metrics.json with, for the model (default: the shipped one):
   passes      transformer passes per pose (plain decoding: T) with geometric drafts, greedy N=1 (and whether
@@ -13,8 +13,11 @@ Writes report.md + metrics.json with, for the model (default: the shipped one):
               row (its greedy decoding from the accepted prefix, by a second copy of the model): each drafted
               token is then accepted with the highest probability a point-mass draft can have after the drafts
               before it, an approximate ceiling for drafters of this kind, geometric or not;
+  tracked     greedy poses of a target camera turning 2 degrees a frame, drafted by the previous frame's
+              greedy camera tokens, against plain greedy decoding;
   refit cost  one decode + fit + encode of 16 ray maps, against one plain decode step;
-  accuracy    pose accuracy of estimate_pose (16 samples, likelihood selection) with and without speculation;
+  accuracy    pose accuracy of estimate_pose (16 samples, likelihood selection) with and without speculation, on
+              the shipped evaluation's 100 test pairs (training.evaluate's selection);
   views       view prediction with the drafts that exist for it: the observation's own image tokens (a query
               pose near the observation's) and the previous prediction (a query moving 2 degrees a step);
               passes per view, greedy and sampled, against plain decoding's T.
@@ -38,11 +41,13 @@ from gst_model import geometry, metrics
 from gst_model.data.make_synthetic import SyntheticConfig, assign_splits, render_scene
 from gst_model.data.pairs import PairDataset
 from gst_model.data.registry import read_split
+from gst_model.data.synthetic import random_scene, render, sample_cameras
 from gst_model.drafting import GeometricDrafter, TokenDrafter
 from gst_model.partial_rays import known_ray_rows
 from gst_model.generate import DRAFT_LEN, DecodeStats, SamplingParams, generate
 from gst_model.image import to_model_input
 from gst_model.pipeline import GSTPipeline
+from training import evaluate
 from training.common import torch_threads
 
 DEFAULT_BUILD = Path(__file__).parent / "configs" / "default.yaml"
@@ -229,13 +234,55 @@ class Study:
         return {"pairs": n_pairs, "plain_passes": self.T, "step_deg": step_deg, "identical_to_plain": identical,
                 "greedy_runs": runs, "by_draft": rows}
 
-    def accuracy(self, n_pairs: int) -> dict:
+    def tracked_poses(self, n_scenes: int, frames: int = 6, step_deg: float = 2.0) -> dict:
+        """Greedy poses of a target camera that turns step_deg (yaw) per frame against a fixed observation (a robot
+        localizing each frame against its keyframe): plain decoding, and drafting the previous frame's greedy
+        camera tokens (drafting.TokenDrafter). Newly rendered scenes of the training renderer (unseen seeds)."""
+        size, fov = self.view.image_size, self.view.fovy_deg
+        K = geometry.intrinsics_from_fov(fov, size, size).numpy()
+        greedy = SamplingParams(greedy=True)
+        plain_passes, spec_passes, plain_s, spec_s = [], [], [], []
+        identical, runs = 0, 0
+        for s in range(n_scenes):
+            rng = np.random.default_rng([11, s])
+            scene = random_scene(rng)
+            c2w, _ = sample_cameras(scene, rng, 2, fov_deg=(fov, fov), azimuth_spread_deg=40.0)
+            observation = render(scene, c2w[0], K, size, size)
+            previous = None
+            for f in range(frames):
+                target = render(scene, c2w[1] @ yaw(f * step_deg).numpy(), K, size, size)
+                codes = self.rt.encode_images(to_model_input([observation, target], size))
+                prompt = torch.cat([codes[:1], torch.tensor([[self.vocab.est_token]]), codes[1:]], dim=1)
+                t = time.perf_counter()
+                plain = generate(self.rt.decoder(), prompt, self.T, greedy, segment_ranges=self.ranges)
+                seconds = time.perf_counter() - t
+                if previous is not None:
+                    stats = DecodeStats()
+                    t = time.perf_counter()
+                    spec = generate(self.rt.decoder(), prompt, self.T, greedy, segment_ranges=self.ranges,
+                                    draft=TokenDrafter(previous), stats=stats)
+                    spec_s.append(time.perf_counter() - t)
+                    plain_s.append(seconds)
+                    spec_passes.append(stats.passes)
+                    plain_passes.append(self.T)
+                    identical += int(torch.equal(spec, plain))
+                    runs += 1
+                previous = plain[0]
+        return {"scenes": n_scenes, "frames": frames, "step_deg": step_deg, "runs": runs,
+                "identical_to_plain": identical, "mean_passes": float(np.mean(spec_passes)),
+                "plain_passes": self.T, "seconds": float(np.mean(spec_s)), "plain_seconds": float(np.mean(plain_s))}
+
+    def accuracy(self, data: str, n_pairs: int) -> dict:
+        """On the shipped evaluation's test pairs (training.evaluate's selection and defaults)."""
+        chosen = evaluate.PAIRS
+        pairs = evaluate.evaluation_pairs(data, "test", n_pairs, chosen.image_size, chosen.min_rot, chosen.max_rot,
+                                          self.pipe.bundle.metadata.get("scale_mode", "scene"), chosen.seed)
         spec = GSTPipeline(self.pipe.bundle, speculative=True)
         poses = {"plain": [], "speculative": []}
         seconds = {"plain": 0.0, "speculative": 0.0}
         truth = []
         for i in range(n_pairs):
-            p = self.pairs.sample(i)
+            p = pairs.sample(i)
             truth.append(p.rel_c2w)
             for name, pipe in (("plain", self.pipe), ("speculative", spec)):
                 t = time.perf_counter()
@@ -285,6 +332,16 @@ def write_report(result: dict, path: Path) -> None:
                   "| draft | mean passes (plain) | acceptance by grid row |", "|---|---|---|",
                   f"| most probable continuation | {r['mean_passes']:.1f} ({r['plain_passes']}) | "
                   + " ".join(f"{a:.2f}" for a in r["acceptance_by_row"]) + " |"]
+    if "tracked" in result:
+        r = result["tracked"]
+        lines += ["", "## Greedy poses drafted by the previous frame's tokens", "",
+                  f"A target camera turns {r['step_deg']:g} degrees (yaw) per frame against a fixed observation, "
+                  f"{r['frames']} frames in each of {r['scenes']} newly rendered scenes of the training renderer; from "
+                  "the second frame on, the previous frame's greedy camera tokens are the draft (drafting.TokenDrafter). "
+                  f"Tokens equal plain greedy's in {r['identical_to_plain']}/{r['runs']} runs.", "",
+                  "| decoding | passes per pose | s per pose (N=1, camera tokens only) |", "|---|---|---|",
+                  f"| plain greedy | {r['plain_passes']} | {r['plain_seconds']:.3f} |",
+                  f"| previous frame's tokens as the draft | {r['mean_passes']:.1f} | {r['seconds']:.3f} |"]
     lines += ["", "## Drafts from k known grid rows: share of the next 8 tokens predicted", "",
               "'full': the camera fitted to the known rows of the fully decoded sample (undisturbed rays); "
               "'partial': fitted after decoding the partial grid with the unknown rows filled from the identity "
@@ -298,7 +355,7 @@ def write_report(result: dict, path: Path) -> None:
     c = result["cost"]
     lines += ["", "## Cost", "", f"One refit of 16 rows (decode + fit + encode): {c['refit_16_maps_s'] * 1e3:.0f} ms; "
               f"one plain decode step of 16 rows: {c['decode_step_16_rows_s'] * 1e3:.1f} ms.", "",
-              "## Pose accuracy with and without speculation (16 samples, likelihood selection)", "",
+              "## Pose accuracy with and without speculation (16 samples, likelihood selection; training.evaluate's test pairs)", "",
               "| decoding | Rot@15 | Rot@30 | median rot err | s per pose | pairs |", "|---|---|---|---|---|---|"]
     acc = result["accuracy"]
     for name in ("plain", "speculative"):
@@ -324,7 +381,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", default="data/synthetic", help="RealEstate10K-layout root holding the test split")
     p.add_argument("--out", required=True)
     p.add_argument("--pairs", type=int, default=10, help="pairs for the pass counts and draft agreement")
-    p.add_argument("--accuracy-pairs", type=int, default=40)
+    p.add_argument("--accuracy-pairs", type=int, default=evaluate.PAIRS.pairs,
+                   help="test pairs for the accuracy with and without speculation (training.evaluate's selection)")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
     with torch_threads(args.threads):
@@ -338,9 +396,10 @@ def main(argv=None) -> int:
                   "passes": {"greedy, N=1": study.passes(args.pairs, 1, SamplingParams(greedy=True)),
                              "sampled, N=16": study.passes(args.pairs, 16, SamplingParams())},
                   "ceiling": study.ceiling(args.pairs, 16),
+                  "tracked": study.tracked_poses(args.pairs),
                   "drafts": study.draft_agreement(min(args.pairs, 6)),
                   "cost": study.refit_cost(),
-                  "accuracy": study.accuracy(args.accuracy_pairs),
+                  "accuracy": study.accuracy(str(data), args.accuracy_pairs),
                   "views": study.views(min(args.pairs, 6))}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
