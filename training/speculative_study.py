@@ -90,29 +90,30 @@ class Study:
         return self.rt.encode_rays(rays.float()) + self.vocab.camera_offset
 
     def passes(self, n_pairs: int, n: int, sampling: SamplingParams) -> dict:
-        passes, identical = [], 0
-        accepted, drafted = np.zeros(self.T), np.zeros(self.T)
+        runs, identical = [], 0
         for i in range(n_pairs):
             prompt = self.prompt(i, n)
-            stats = DecodeStats()
+            runs.append(DecodeStats())
             spec = generate(self.rt.decoder(), prompt, self.T, sampling, segment_ranges=self.ranges, draft=self.drafter(),
-                            stats=stats, generator=torch.Generator().manual_seed(i))
+                            stats=runs[-1], generator=torch.Generator().manual_seed(i))
             if sampling.greedy:
                 plain = generate(self.rt.decoder(), prompt, self.T, sampling, segment_ranges=self.ranges)
                 identical += int(torch.equal(spec, plain))
-            passes.append(stats.passes)
-            accepted += stats.accepted
-            drafted += stats.drafted
+        return {**self.pass_summary(runs, n), "identical_to_plain": identical if sampling.greedy else None}
+
+    def pass_summary(self, runs: list[DecodeStats], n: int) -> dict:
+        """Mean passes per pose and the share of drafted tokens accepted by grid row, over runs of N = n rows."""
+        accepted, drafted = np.sum([r.accepted for r in runs], axis=0), np.sum([r.drafted for r in runs], axis=0)
         g = self.grid
         by_row = [float(accepted[r * g:(r + 1) * g].sum() / max(drafted[r * g:(r + 1) * g].sum(), 1)) for r in range(g)]
-        return {"pairs": n_pairs, "samples": n, "mean_passes": float(np.mean(passes)), "plain_passes": self.T,
-                "identical_to_plain": identical if sampling.greedy else None, "acceptance_by_row": by_row}
+        return {"pairs": len(runs), "samples": n, "mean_passes": float(np.mean([r.passes for r in runs])),
+                "plain_passes": self.T, "acceptance_by_row": by_row}
 
     def ceiling(self, n_pairs: int, n: int) -> dict:
         """Sampled poses (default sampling) drafted by the model's own greedy continuation of each row."""
         oracle = copy.deepcopy(self.pipe.bundle.transformer)  # its own KV caches: the decode in flight keeps its own
         greedy, camera = SamplingParams(greedy=True), self.vocab.camera_range()
-        passes, accepted, drafted = [], np.zeros(self.T), np.zeros(self.T)
+        runs = []
         for i in range(n_pairs):
             prompt = self.prompt(i, n)
 
@@ -126,16 +127,10 @@ class Study:
                                                              segment_ranges=[(k, camera)])[0]
                 return out
 
-            stats = DecodeStats()
+            runs.append(DecodeStats())
             generate(self.rt.decoder(), prompt, self.T, SamplingParams(), segment_ranges=self.ranges,
-                     draft=most_probable, stats=stats, generator=torch.Generator().manual_seed(i))
-            passes.append(stats.passes)
-            accepted += stats.accepted
-            drafted += stats.drafted
-        g = self.grid
-        by_row = [float(accepted[r * g:(r + 1) * g].sum() / max(drafted[r * g:(r + 1) * g].sum(), 1)) for r in range(g)]
-        return {"pairs": n_pairs, "samples": n, "mean_passes": float(np.mean(passes)), "plain_passes": self.T,
-                "acceptance_by_row": by_row}
+                     draft=most_probable, stats=runs[-1], generator=torch.Generator().manual_seed(i))
+        return self.pass_summary(runs, n)
 
     def draft_agreement(self, n_pairs: int, rows=(1, 2, 4)) -> dict:
         """Share of the 8 tokens after k known rows that a camera fitted to those rows predicts."""
