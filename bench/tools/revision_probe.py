@@ -1,8 +1,9 @@
 """Pose latency of the checked-out revision (bench/tools/compare_revisions.sh runs it in two worktrees).
 
-    PYTHONPATH=CHECKOUT python bench/tools/revision_probe.py PRESET
+    PYTHONPATH=CHECKOUT python bench/tools/revision_probe.py PRESET [PATH]
 
-Torch eager with the KV cache. Prints one line 'PROBE {json}': prefill and decode seconds (gst_model.bench._micro, best of 2), pose N=1
+PATH: a gst_model.bench path, torch (eager with the KV cache, the default) or ort (ONNX Runtime fp32; exports
+into the revision's own cache on the first run). Prints one line 'PROBE {json}': prefill and decode seconds (gst_model.bench._micro, best of 2), pose N=1
 (best of 2) and N=16 (best of 3 for the small model, else 1) seconds. The same inputs for every revision
 (random images, top-k 100 sampling, seed 1); each revision's own runtime and decode loop, before or after the
 one-loop rewrite (which moved SamplingParams and replaced runtime.generate with generate(decoder, ...)).
@@ -19,11 +20,15 @@ try:
 except ImportError:  # before the one-loop rewrite
     from gst_model.runtime import SamplingParams
     generate = None
+try:
+    from gst_model.manifest import ensure_export
+except ImportError:  # before the export / runtime split
+    from gst_model.runtime.ort_runtime import ensure_export
 
 
-def main(preset: str) -> dict:
+def main(preset: str, path: str = "torch") -> dict:
     bundle = bench.make_bundle(preset)
-    rt = bench._runtime("torch", bundle, "")
+    rt = bench._runtime(path, bundle, "" if path.startswith("torch") else str(ensure_export(bundle)))
     vocab, view = bundle.vocab, bundle.view
     T = vocab.tokens_per_view
     g = torch.Generator().manual_seed(0)
@@ -40,10 +45,11 @@ def main(preset: str) -> dict:
             tokens = rt.generate(prompt.expand(n, -1), T, sampled, cam_range, gen)
         rt.decode_rays(tokens - vocab.camera_offset)
 
-    prefill, decode = min((bench._micro("torch", rt, bundle, prompt, 32) for _ in range(2)), key=lambda x: x[1])
+    pose(1)  # warm-up (ORT: the first run of each graph)
+    prefill, decode = min((bench._micro(path, rt, bundle, prompt, 32) for _ in range(2)), key=lambda x: x[1])
     return {"prefill_s": prefill, "decode_s": decode, "pose1_s": bench._best(lambda: pose(1), 2),
             "pose16_s": bench._best(lambda: pose(16), 3 if preset == "default" else 1)}
 
 
 if __name__ == "__main__":
-    print("PROBE " + json.dumps(main(sys.argv[1])), flush=True)
+    print("PROBE " + json.dumps(main(*sys.argv[1:3])), flush=True)
