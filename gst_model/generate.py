@@ -66,8 +66,9 @@ class Decoder(Protocol):
         Returns the logits of the last prompt position, [G, V]."""
 
     def decode(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        """Feed tokens [B, K] at positions input_pos [B, K] (increasing along a row) -> logits [B, K, V].
-        Their keys/values are stored; a row's entries after its next block's start are overwritten."""
+        """Feed tokens [B, K] at positions input_pos [B, K] (increasing along a row; [1, K] when every row stands
+        at the same positions) -> logits [B, K, V]. Their keys/values are stored; a row's entries after its next
+        block's start are overwritten."""
 
     def close(self) -> None:
         """Free the caches."""
@@ -315,7 +316,7 @@ def _decode_plain(decoder: Decoder, tokens: torch.Tensor, first_pos: int, schedu
         fed = tokens[:, i - 1:i]
         if cfg:
             fed = torch.cat([fed, fed])
-        logits = _guided(decoder.decode(fed, torch.full_like(fed, first_pos + i - 1))[:, 0].float(),
+        logits = _guided(decoder.decode(fed, torch.full((1, 1), first_pos + i - 1, device=fed.device))[:, 0].float(),
                          sampling.cfg_scale)
         allowed = schedule[i]
         if allowed is not None:

@@ -247,13 +247,17 @@ class BlockKVCache(nn.Module):
         self.register_buffer("v_cache", prompt_k.new_zeros(shape), persistent=False)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        """q, k, v [B, H, K, D] at input_pos [B, K] (or [K] for all rows) -> [B, H, K, D]."""
+        """q, k, v [B, H, K, D] at input_pos [B, K] (or [1, K] / [K]: every row at the same positions) -> [B, H, K, D]."""
         b, h, block, d = k.shape
-        input_pos = input_pos.expand(b, block)
-        slot = input_pos - self.first_generated_pos  # scatter_ refuses slots outside the cache
-        index = slot[:, None, :, None].expand(b, h, block, d)
-        self.k_cache.scatter_(2, index, k)
-        self.v_cache.scatter_(2, index, v)
+        input_pos = input_pos.reshape(-1, block)
+        slot = input_pos - self.first_generated_pos  # index_copy_ / scatter_ refuse slots outside the cache
+        if input_pos.shape[0] == 1:  # plain decoding: one write for all rows, masks broadcast over them
+            self.k_cache.index_copy_(2, slot[0], k)
+            self.v_cache.index_copy_(2, slot[0], v)
+        else:
+            index = slot[:, None, :, None].expand(b, h, block, d)
+            self.k_cache.scatter_(2, index, k)
+            self.v_cache.scatter_(2, index, v)
         return attend_block(q, None, None, input_pos, self.prompt_k, self.prompt_v, self.k_cache, self.v_cache,
                             self.first_generated_pos)
 

@@ -126,8 +126,8 @@ class GraphDecoder:
 
     def decode(self, tokens, input_pos):
         rt = self.rt
-        tokens, input_pos = tokens.to(rt.device), input_pos.to(rt.device)
         b, k = tokens.shape
+        tokens, input_pos = tokens.to(rt.device), input_pos.to(rt.device).expand(b, k)
         if rt.static:
             graph = "decode_static" if k == 1 else "verify_static"
             if k > 1 and k != rt.manifest.get("static_draft_len"):
