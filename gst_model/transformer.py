@@ -209,9 +209,13 @@ def attend_block(q: torch.Tensor, k: torch.Tensor | None, v: torch.Tensor | None
         s_rows = torch.matmul(q, past_k.transpose(-1, -2)).masked_fill(past_hidden, float("-inf"))
     else:
         past_hidden = slot_pos[None, None, None, :] >= input_pos[:, None, :1, None]  # [B, 1, 1, S]
-        block_hidden = input_pos[:, None, None, :] > input_pos[:, None, :, None]  # [B, 1, K, K]
+        if block == 1:  # the block is the query's own token: one dot product per row, nothing to mask
+            s_block = (q * k).sum(-1, keepdim=True)
+        else:
+            block_hidden = input_pos[:, None, None, :] > input_pos[:, None, :, None]  # [B, 1, K, K]
+            s_block = torch.matmul(q, k.transpose(-1, -2)).masked_fill(block_hidden, float("-inf"))
         s_rows = torch.cat([torch.matmul(q, past_k.transpose(-1, -2)).masked_fill(past_hidden, float("-inf")),
-                            torch.matmul(q, k.transpose(-1, -2)).masked_fill(block_hidden, float("-inf"))], dim=-1)
+                            s_block], dim=-1)
     if prompt_k is None:
         p = (s_rows * scale).float().softmax(dim=-1).to(q.dtype)
         p_rows, y = p, 0
@@ -223,7 +227,8 @@ def attend_block(q: torch.Tensor, k: torch.Tensor | None, v: torch.Tensor | None
         p_rows = _by_row(p[..., plen:], b, block)
     if k is None:
         return y + torch.matmul(p_rows, past_v)
-    return y + torch.matmul(p_rows[..., :n_past], past_v) + torch.matmul(p_rows[..., n_past:], v)
+    p_block = p_rows[..., n_past:]
+    return y + torch.matmul(p_rows[..., :n_past], past_v) + (p_block * v if block == 1 else torch.matmul(p_block, v))
 
 
 class BlockKVCache(nn.Module):

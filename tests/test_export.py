@@ -65,7 +65,7 @@ def test_manifest_lists_checked_graphs_sharing_weights(bundle, model_dir):
     graphs = manifest["graphs"]
     T = bundle.transformer.config.grid_size ** 2
     assert set(graphs) == {"image_encoder", "image_decoder", "camera_encoder", "camera_decoder", "prefill",
-                           "decode", f"prefill_p{T + 1}_static", f"prefill_p{2 * T + 1}_static", "decode_static", "verify_static",
+                           "decode", "decode_step", f"prefill_p{T + 1}_static", f"prefill_p{2 * T + 1}_static", "decode_static", "verify_static",
                            "score", "score_static"}
     assert manifest["model_sha256"] == manifest_api.bundle_digest(bundle)
     assert manifest["config"]["transformer"]["n_layer"] == bundle.transformer.config.n_layer
@@ -77,7 +77,7 @@ def test_manifest_lists_checked_graphs_sharing_weights(bundle, model_dir):
         assert all(i.data_location != onnx.TensorProto.EXTERNAL
                    or {e.key: e.value for e in i.external_data}["location"] == g["weights"]
                    for i in proto.graph.initializer)
-    # One weights file for all seven transformer graphs, about the size of the fp32 parameters.
+    # One weights file for all eight transformer graphs, about the size of the fp32 parameters.
     assert {g["weights"] for n, g in graphs.items()
             if n.startswith(("prefill", "decode", "score"))} == {"transformer.weights"}
     params = sum(p.numel() for p in bundle.transformer.parameters()) * 4
@@ -124,7 +124,7 @@ def _decoder(bundle, model_dir, which):
 
 @pytest.mark.parametrize("which", ["torch", "ort", "ort-static"])
 def test_block_decoding_matches_the_full_forward(bundle, model_dir, which):
-    """2 prompts x 2 rows: plain steps, then speculative blocks of 3 whose rows keep different numbers of
+    """2 prompts x 2 rows: plain steps (one position for all rows), then speculative blocks of 3 whose rows keep different numbers of
     tokens (the rest is overwritten by the next block), each row's logits equal to a full forward pass over its
     own sequence. Static graphs run blocks of their exported draft length."""
     decoder = _decoder(bundle, model_dir, which)
@@ -147,6 +147,8 @@ def test_block_decoding_matches_the_full_forward(bundle, model_dir, which):
     for i, block in enumerate(steps):
         fed = torch.stack([stream[r, accepted[r]: accepted[r] + block] for r in range(4)])
         pos = torch.stack([torch.arange(P + accepted[r], P + accepted[r] + block) for r in range(4)])
+        if block == 1:  # plain steps: every row at the same position, given once (the decode_step graph)
+            pos = pos[:1]
         got = decoder.decode(fed, pos)
         for r in range(4):
             with torch.inference_mode():

@@ -127,7 +127,10 @@ class GraphDecoder:
     def decode(self, tokens, input_pos):
         rt = self.rt
         b, k = tokens.shape
-        tokens, input_pos = tokens.to(rt.device), input_pos.to(rt.device).expand(b, k)
+        # Plain decoding (every row one token at the same position) has its own graph where the export has one.
+        step = k == 1 and input_pos.shape[0] == 1 and not rt.static and "decode_step" in rt.manifest["graphs"]
+        tokens, input_pos = tokens.to(rt.device), input_pos.to(rt.device)
+        input_pos = input_pos.reshape(1, 1) if step else input_pos.expand(b, k)
         if rt.static:
             graph = "decode_static" if k == 1 else "verify_static"
             if k > 1 and k != rt.manifest.get("static_draft_len"):
@@ -143,9 +146,12 @@ class GraphDecoder:
                 self.cache = [torch.cat([c, c.new_zeros(*c.shape[:2], grow, c.shape[3])], dim=2) for c in self.cache]
             feeds = [t for i in range(rt.n_layer)
                      for t in (*self.prompt_kv[2 * i: 2 * i + 2], *self.cache[2 * i: 2 * i + 2])]
-            logits, new = rt.decode_block("decode", tokens, input_pos, feeds)
+            logits, new = rt.decode_block("decode_step" if step else "decode", tokens, input_pos, feeds)
         for c, n in zip(self.cache, new):
-            c[:b].scatter_(2, slot[:, None, :, None].expand(b, c.shape[1], k, c.shape[3]), n[:b])
+            if step:
+                c[:b].index_copy_(2, slot[0], n[:b])
+            else:
+                c[:b].scatter_(2, slot[:, None, :, None].expand(b, c.shape[1], k, c.shape[3]), n[:b])
         return logits[:b]
 
     def close(self):
