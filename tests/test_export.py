@@ -201,6 +201,23 @@ def test_generation_matches_torch_for_both_layouts(bundle, ort, torch_rt, sampli
             assert ((ref >= lo) & (ref < hi)).all()
 
 
+def test_plain_decoding_uses_the_step_graph_and_exports_without_it_still_decode(bundle, model_dir, torch_rt):
+    """Plain steps run `decode_step`; an export made before that graph existed runs them on the block graph,
+    with the same tokens."""
+    T = bundle.vocab.tokens_per_view
+    for has_step in (True, False):
+        rt = OrtRuntime(bundle, model_dir=model_dir, threads=1, verify=False)
+        if not has_step:
+            del rt.manifest["graphs"]["decode_step"]
+        used, run = [], rt.decode_block
+        rt.decode_block = lambda graph, *args: (used.append(graph), run(graph, *args))[1]
+        for prompt, ranges in _prompts(bundle, torch_rt):
+            ref = generate(torch_rt.decoder(), prompt, T, SamplingParams(greedy=True), segment_ranges=ranges)
+            assert torch.equal(generate(rt.decoder(), prompt, T, SamplingParams(greedy=True), segment_ranges=ranges),
+                               ref)
+        assert set(used) == ({"decode_step"} if has_step else {"decode"})
+
+
 def _noisy_drafter(torch_rt, prompt, ranges):
     """Drafts the greedy continuation with every third token replaced: some blocks are accepted, some not."""
     T = ranges[0][0]
