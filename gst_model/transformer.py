@@ -187,7 +187,7 @@ def attend_block(q: torch.Tensor, k: torch.Tensor | None, v: torch.Tensor | None
     """Attention of a block of K new tokens per row over shared prompts, each row's own past and the block.
 
     q [B, H, K, D]: the block's queries, at positions input_pos [B, K] (increasing along each row; rows may
-    stand at different positions). prompt_k, prompt_v [G, H, P, D] or None: G prompts seen in full by every
+    stand at different positions; [1, K] when every row stands at the same ones). prompt_k, prompt_v [G, H, P, D] or None: G prompts seen in full by every
     query; row b continues prompt b // (B/G), so the B/G rows of a prompt read its keys in one matmul.
     past_k, past_v [B, H, S, D]: per-row entries, slot s holding position past_start + s.
     k, v [B, H, K, D]: the block's keys/values, kept apart from the past (the exported graphs, whose caches are

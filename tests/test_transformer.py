@@ -286,14 +286,15 @@ def test_shared_prompt_cache_decode_matches_full_forward(copies):
         model.clear_caches()
 
 
+@pytest.mark.parametrize("block", [1, 3])
 @pytest.mark.parametrize("shared_prompt", [True, False])
-def test_attend_block_written_and_kept_apart_equal_explicit_attention(shared_prompt):
+def test_attend_block_written_and_kept_apart_equal_explicit_attention(shared_prompt, block):
     """Both ways of giving attend_block the block (apart from the past: the ONNX graphs; already written into
     it: the torch cache) equal attention computed query by query over exactly what each query may see: its
     prompt, its row's accepted past and the block up to itself. Slots past a row's accepted tokens hold
     garbage (rejected drafts), which must stay invisible."""
     gen = torch.Generator().manual_seed(0)
-    g, copies, heads, d, plen, slots, block = 2, 2, 2, 8, 5, 12, 3
+    g, copies, heads, d, plen, slots = 2, 2, 2, 8, 5, 12
     b = g * copies
     accepted = torch.tensor([2, 5, 0, 7])  # per-row slots holding accepted tokens
     start = plen if shared_prompt else 0
