@@ -269,17 +269,16 @@ def _graph_specs(bundle, static_batch: int | None, prompt_lengths: list[int], st
     shared_args = (torch.zeros(4, k, dtype=torch.long), torch.arange(P + 3, P + 3 + k).expand(4, k),
                    *[torch.zeros(2, H, P, D) if "prompt" in n else torch.zeros(4, H, n_gen, D) for n in shared_in])
     block = {0: "batch", 1: "block"}
+    shared_cache_axes = {n: ({0: "prompts", 2: "prompt"} if "prompt" in n else {0: "batch", 2: "generated"})
+                         for n in shared_in}
     specs.append(("decode", "transformer", shared, shared_args, ["tokens", "input_pos", *shared_in],
                   ["logits", *new_out],
                   {"tokens": block, "input_pos": block, "logits": block, **{n: {0: "batch", 2: "block"} for n in new_out},
-                   **{n: ({0: "prompts", 2: "prompt"} if "prompt" in n else {0: "batch", 2: "generated"})
-                      for n in shared_in}}))
+                   **shared_cache_axes}))
     step_args = (torch.zeros(4, 1, dtype=torch.long), torch.tensor([[P + 3]]), *shared_args[2:])
     specs.append(("decode_step", "transformer", shared, step_args, ["tokens", "input_pos", *shared_in],
-                  ["logits", *new_out],
-                  {"tokens": batch, "logits": batch, **{n: {0: "batch"} for n in new_out},
-                   **{n: ({0: "prompts", 2: "prompt"} if "prompt" in n else {0: "batch", 2: "generated"})
-                      for n in shared_in}}))
+                  ["logits", *new_out], {"tokens": batch, "logits": batch, **{n: batch for n in new_out},
+                                         **shared_cache_axes}))
     if static_batch:
         for p in prompt_lengths:
             specs.append((f"prefill_p{p}_static", "transformer", prefill, prefill_args(static_batch, p),

@@ -245,19 +245,6 @@ def test_greedy_views_draft_the_previous_view_of_the_same_observation(shipped, m
     assert drafted[-2:] == [False, False]
 
 
-def _turning_target(size: int, turns_deg) -> tuple[np.ndarray, list[np.ndarray]]:
-    """An observation and a target camera of one synthetic room turned (yaw) by each of turns_deg."""
-    from training.speculative_study import yaw
-
-    rng = np.random.default_rng([12, 0])
-    scene = random_scene(rng)
-    c2w, fov = sample_cameras(scene, rng, 2, fov_deg=(50.0, 60.0), azimuth_spread_deg=40.0)
-    f = 0.5 * size / math.tan(math.radians(fov[0]) / 2)
-    K = np.array([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]])
-    return (render(scene, c2w[0], K, size, size),
-            [render(scene, c2w[1] @ yaw(t).numpy(), K, size, size) for t in turns_deg])
-
-
 def test_greedy_poses_draft_the_previous_pose_against_the_same_image(shipped, monkeypatch):
     """With speculative on, a greedy pose drafts the previous greedy pose's camera tokens against the same image a
     (a robot localizing consecutive frames against one keyframe): the samples equal plain greedy's, the drafted
@@ -265,6 +252,7 @@ def test_greedy_poses_draft_the_previous_pose_against_the_same_image(shipped, mo
     import gst_model.pipeline as pipeline_module
     from gst_model.generate import DecodeStats, generate as plain_generate
     from gst_model.pipeline import GSTPipeline
+    from training.speculative_study import turning_target
 
     drafts, passes = [], []
 
@@ -276,7 +264,7 @@ def test_greedy_poses_draft_the_previous_pose_against_the_same_image(shipped, mo
         return out
 
     monkeypatch.setattr(pipeline_module, "generate", counting_generate)
-    observation, targets = _turning_target(shipped.view.image_size, (0, 2, 4))
+    observation, targets = turning_target([12, 0], shipped.view.image_size, shipped.view.fovy_deg, (0, 2, 4))
     spec = GSTPipeline(shipped.bundle, speculative=True)
     for target in targets:
         got = spec.estimate_pose(observation, target, num_samples=1, greedy=True)

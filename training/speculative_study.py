@@ -233,19 +233,15 @@ class Study:
         """Greedy poses of a target camera that turns step_deg (yaw) per frame against a fixed observation (a robot
         localizing each frame against its keyframe): plain decoding, and drafting the previous frame's greedy
         camera tokens (drafting.TokenDrafter). Newly rendered scenes of the training renderer (unseen seeds)."""
-        size, fov = self.view.image_size, self.view.fovy_deg
-        K = geometry.intrinsics_from_fov(fov, size, size).numpy()
+        size = self.view.image_size
         greedy = SamplingParams(greedy=True)
         plain_passes, spec_passes, plain_s, spec_s = [], [], [], []
         identical, runs = 0, 0
         for s in range(n_scenes):
-            rng = np.random.default_rng([11, s])
-            scene = random_scene(rng)
-            c2w, _ = sample_cameras(scene, rng, 2, fov_deg=(fov, fov), azimuth_spread_deg=40.0)
-            observation = render(scene, c2w[0], K, size, size)
+            observation, targets = turning_target([11, s], size, self.view.fovy_deg,
+                                                  [f * step_deg for f in range(frames)])
             previous = None
-            for f in range(frames):
-                target = render(scene, c2w[1] @ yaw(f * step_deg).numpy(), K, size, size)
+            for target in targets:
                 codes = self.rt.encode_images(to_model_input([observation, target], size))
                 prompt = torch.cat([codes[:1], torch.tensor([[self.vocab.est_token]]), codes[1:]], dim=1)
                 t = time.perf_counter()
@@ -301,6 +297,17 @@ def yaw(angle_deg: float) -> torch.Tensor:
     c2w = torch.eye(4, dtype=torch.float64)
     c2w[:3, :3] = torch.from_numpy(axangle2mat([0.0, 1.0, 0.0], np.radians(angle_deg)))
     return c2w
+
+
+def turning_target(seed, size: int, fov_deg: float, turns_deg) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A newly rendered synthetic room (training renderer): an observation, and a target camera turned (yaw) by
+    each of turns_deg, square size x size images at fov_deg."""
+    rng = np.random.default_rng(seed)
+    scene = random_scene(rng)
+    c2w, _ = sample_cameras(scene, rng, 2, fov_deg=(fov_deg, fov_deg), azimuth_spread_deg=40.0)
+    K = geometry.intrinsics_from_fov(fov_deg, size, size).numpy()
+    return (render(scene, c2w[0], K, size, size),
+            [render(scene, c2w[1] @ yaw(t).numpy(), K, size, size) for t in turns_deg])
 
 
 def write_report(result: dict, path: Path) -> None:
